@@ -1,0 +1,258 @@
+"""Fast CPU sliding-window attention: PyTorch's fused CPU flash kernel run over banded key spans.
+
+``aten._scaled_dot_product_flash_attention_for_cpu`` is a fused online-softmax kernel that also returns the
+log-sum-exp; its backward recomputes probabilities from that log-sum-exp (FlashAttention-2 style). We run it on
+strided views: each query chunk against its key span (see ``band_plan``), interior chunks under one shared band
+mask, edge chunks with masks of their own, sinks as a separate small call. Partial results over disjoint key sets
+merge exactly through their log-sum-exps, and the backward of each part needs only the merged output and merged
+log-sum-exp. Nothing N x N is ever built: memory is O(N * (left + right)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from seqwin.attention.band_plan import BandPlan, additive, make_plan
+from seqwin.attention.reference import Window, window_mask
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+# Edge chunks are batched into one call, but their masks are materialized: cap a batch at this many mask entries.
+_EDGE_MASK_BUDGET = 1 << 24
+
+
+def _chunks(x: Tensor, plan: BandPlan) -> Tensor:
+    """(B, q_len, H, D) -> (B, num_chunks, H, chunk, D) view of x zero-padded to whole chunks."""
+    b, n, h, d = x.shape
+    pad = plan.num_chunks * plan.chunk - n
+    if pad:
+        x = torch.cat([x, x.new_zeros(b, pad, h, d)], dim=1)
+    return x.view(b, plan.num_chunks, plan.chunk, h, d).transpose(2, 3)
+
+
+def _padded_keys(x: Tensor, plan: BandPlan) -> Tensor:
+    b, _, h, d = x.shape
+    parts = [x.new_zeros(b, plan.pad_front, h, d), x, x.new_zeros(b, plan.pad_back, h, d)]
+    return torch.cat(parts, dim=1)
+
+
+def _spans(xp: Tensor, plan: BandPlan) -> Tensor:
+    """(B, padded_k_len, Hk, D) -> (B, num_chunks, Hk, span, D) overlapping strided view, no copy."""
+    b, _, h, d = xp.shape
+    first = plan.pad_front + plan.span_start(0)
+    return xp.as_strided(
+        (b, plan.num_chunks, h, plan.span, d),
+        (xp.stride(0), plan.chunk * h * d, d, h * d, 1),
+        xp.storage_offset() + first * h * d,
+    )
+
+
+def _work(plan: BandPlan, q_lens: list[int], k_lens: list[int], device: torch.device):
+    """Split (row, chunk) pairs into per-row interior ranges and edge pairs. Chunks past a row's last query
+    are skipped: their outputs are zero."""
+    interior, edge_rows, edge_chunks = [], [], []
+    for row, (ql, kl) in enumerate(zip(q_lens, k_lens, strict=True)):
+        live = min(plan.num_chunks, -(-ql // plan.chunk))
+        c0, c1 = plan.interior_range(kl)
+        c0, c1 = min(c0, live), min(c1, live)
+        if c1 > c0:
+            interior.append((row, c0, c1))
+        for c in [*range(0, c0), *range(c1, live)]:
+            edge_rows.append(row)
+            edge_chunks.append(c)
+    rows = torch.tensor(edge_rows, dtype=torch.long, device=device)
+    chunks = torch.tensor(edge_chunks, dtype=torch.long, device=device)
+    step = max(1, _EDGE_MASK_BUDGET // (plan.chunk * plan.span))
+    edges = [(rows[i : i + step], chunks[i : i + step]) for i in range(0, len(edge_rows), step)]
+    return interior, edges
+
+
+def _sink_mask(plan: BandPlan, k_lens: Tensor, device: torch.device) -> Tensor:
+    q_pos = torch.arange(plan.q_len, device=device) + plan.offset
+    k_pos = torch.arange(plan.num_sinks, device=device)
+    # Sinks ignore the left bound and the dilation but keep the right bound (causality).
+    right_only = window_mask(q_pos, k_pos, (-1, plan.right))
+    return right_only[None] & (k_pos[None, None, :] < k_lens[:, None, None])
+
+
+def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge two partial attentions (outputs (..., D) fp32, log-sum-exps (...,)) over disjoint key sets."""
+    m = torch.maximum(l1, l2)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    total = w1 + w2
+    out = (o1 * w1[..., None] + o2 * w2[..., None]) / total.clamp_min(1e-30)[..., None]
+    return out, m + torch.log(total)
+
+
+class _BandAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan: BandPlan, q_lens: list[int], k_lens: list[int], scale: float):
+        b, nq, h, d = q.shape
+        device = q.device
+        interior, edges = _work(plan, q_lens, k_lens, device)
+        k_lens_t = torch.tensor(k_lens, dtype=torch.long, device=device)
+        qc = _chunks(q, plan)
+        kp, vp = _padded_keys(k, plan), _padded_keys(v, plan)
+        ks, vs = _spans(kp, plan), _spans(vp, plan)
+        band = plan.band_mask(device)
+
+        # Outputs in the final (B, q_len, H, D) layout, padded to whole chunks; lse per chunk.
+        out = q.new_zeros(b, plan.num_chunks, plan.chunk, h, d)
+        lse = torch.full((b, plan.num_chunks, h, plan.chunk), float("-inf"), device=device)
+        for row, c0, c1 in interior:
+            n = c1 - c0
+            o, l = _flash(qc[row, c0:c1], ks[row, c0:c1], vs[row, c0:c1], 0.0, False,
+                          attn_mask=band.expand(n, 1, -1, -1), scale=scale)
+            out[row, c0:c1] = o.transpose(1, 2)
+            lse[row, c0:c1] = l
+        for rows, chunks in edges:
+            mask = plan.edge_mask(rows, chunks, k_lens_t)
+            o, l = _flash(qc[rows, chunks], ks[rows, chunks], vs[rows, chunks], 0.0, False,
+                          attn_mask=additive(mask).unsqueeze(1), scale=scale)
+            # The kernel returns lse 0 for rows with no visible key; they must not count in merges.
+            l = l.masked_fill(~mask.any(-1)[:, None, :], float("-inf"))
+            out[rows, chunks] = o.transpose(1, 2)
+            lse[rows, chunks] = l
+
+        out = out.view(b, -1, h, d)[:, :nq]
+        lse = lse.permute(0, 2, 1, 3).reshape(b, h, -1)[:, :, :nq]
+        if plan.num_sinks > 0:
+            smask = _sink_mask(plan, k_lens_t, device)
+            s = plan.num_sinks
+            o_s, l_s = _flash(q.transpose(1, 2), k[:, :s].transpose(1, 2), v[:, :s].transpose(1, 2), 0.0, False,
+                              attn_mask=additive(smask).unsqueeze(1), scale=scale)
+            l_s = l_s.masked_fill(~smask.any(-1)[:, None, :], float("-inf"))
+            merged, lse = _merge(out.float().transpose(1, 2), lse, o_s.float(), l_s)
+            out = merged.transpose(1, 2).to(q.dtype)
+
+        q_ok = torch.arange(nq, device=device)[None, :] < torch.tensor(q_lens, device=device)[:, None]
+        empty = torch.isneginf(lse) | ~q_ok[:, None, :]
+        out = out.masked_fill(empty.transpose(1, 2)[..., None], 0.0).contiguous()
+        # +inf makes the recomputed probabilities of empty rows exactly zero in the backward.
+        lse = lse.masked_fill(empty, float("inf"))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan, ctx.q_lens, ctx.k_lens, ctx.scale = plan, q_lens, k_lens, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        plan: BandPlan = ctx.plan
+        scale = ctx.scale
+        b, nq, h, d = q.shape
+        hk = k.shape[2]
+        device = q.device
+        interior, edges = _work(plan, ctx.q_lens, ctx.k_lens, device)
+        k_lens_t = torch.tensor(ctx.k_lens, dtype=torch.long, device=device)
+        empty = torch.isposinf(lse)
+        grad_out = grad_out.masked_fill(empty.transpose(1, 2)[..., None], 0.0).to(q.dtype)
+
+        qc, oc, gc = _chunks(q, plan), _chunks(out, plan), _chunks(grad_out, plan)
+        pad = plan.num_chunks * plan.chunk - nq
+        lse_c = torch.cat([lse, lse.new_full((b, h, pad), float("inf"))], dim=2) if pad else lse
+        lse_c = lse_c.view(b, h, plan.num_chunks, plan.chunk).transpose(1, 2)
+        kp, vp = _padded_keys(k, plan), _padded_keys(v, plan)
+        ks, vs = _spans(kp, plan), _spans(vp, plan)
+        band = plan.band_mask(device)
+
+        # Accumulate in fp32: spans overlap, so key gradients are sums of several partial results.
+        dq = torch.zeros(b, plan.num_chunks, plan.chunk, h, d, device=device)
+        dkp = torch.zeros(b, plan.padded_k_len, hk, d, device=device)
+        dvp = torch.zeros_like(dkp)
+        first = plan.pad_front + plan.span_start(0)
+        pieces = plan.span // plan.chunk
+        for row, c0, c1 in interior:
+            n = c1 - c0
+            gq, gk, gv = _flash_bwd(gc[row, c0:c1], qc[row, c0:c1], ks[row, c0:c1], vs[row, c0:c1],
+                                    oc[row, c0:c1], lse_c[row, c0:c1], 0.0, False,
+                                    attn_mask=band.expand(n, 1, -1, -1), scale=scale)
+            dq[row, c0:c1] = gq.transpose(1, 2)
+            # Overlap-add: span piece j of chunk c lands on the keys of chunk (c + j) of the padded sequence.
+            start = first + c0 * plan.chunk
+            for j in range(pieces):
+                sl = slice(start + j * plan.chunk, start + (j + n) * plan.chunk)
+                piece = slice(j * plan.chunk, (j + 1) * plan.chunk)
+                dkp[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+                dvp[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+        flat_k = dkp.view(-1, hk, d)
+        flat_v = dvp.view(-1, hk, d)
+        for rows, chunks in edges:
+            mask = additive(plan.edge_mask(rows, chunks, k_lens_t)).unsqueeze(1)
+            gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], ks[rows, chunks], vs[rows, chunks],
+                                    oc[rows, chunks], lse_c[rows, chunks], 0.0, False, attn_mask=mask, scale=scale)
+            dq[rows, chunks] = gq.transpose(1, 2).float()
+            pos = rows[:, None] * plan.padded_k_len + first + chunks[:, None] * plan.chunk
+            pos = (pos + torch.arange(plan.span, device=device)).reshape(-1)
+            flat_k.index_add_(0, pos, gk.transpose(1, 2).reshape(-1, hk, d).float())
+            flat_v.index_add_(0, pos, gv.transpose(1, 2).reshape(-1, hk, d).float())
+        dq = dq.view(b, -1, h, d)[:, :nq]
+        dk = dkp[:, plan.pad_front : plan.pad_front + plan.k_len]
+        dv = dvp[:, plan.pad_front : plan.pad_front + plan.k_len]
+
+        if plan.num_sinks > 0:
+            s = plan.num_sinks
+            smask = additive(_sink_mask(plan, k_lens_t, device)).unsqueeze(1)
+            gq, gk, gv = _flash_bwd(grad_out.transpose(1, 2), q.transpose(1, 2), k[:, :s].transpose(1, 2),
+                                    v[:, :s].transpose(1, 2), out.transpose(1, 2), lse, 0.0, False,
+                                    attn_mask=smask, scale=scale)
+            dq = dq + gq.transpose(1, 2)
+            dk[:, :s] += gk.transpose(1, 2)
+            dv[:, :s] += gv.transpose(1, 2)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+
+
+class _DenseRows(torch.autograd.Function):
+    """Windows that cover every key (optionally causal): one unmasked fused call per row, sliced to its length.
+
+    A band plan would build masks as large as the whole attention matrix here; the rows' own lengths do it free.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_lens: list[int], k_lens: list[int], causal: bool, scale: float):
+        out = torch.zeros_like(q)
+        lses = []
+        for row, (ql, kl) in enumerate(zip(q_lens, k_lens, strict=True)):
+            if ql == 0 or kl == 0:
+                lses.append(None)
+                continue
+            o, l = _flash(q[row : row + 1, :ql].transpose(1, 2), k[row : row + 1, :kl].transpose(1, 2),
+                          v[row : row + 1, :kl].transpose(1, 2), 0.0, causal, scale=scale)
+            out[row, :ql] = o[0].transpose(0, 1)
+            lses.append(l)
+        ctx.save_for_backward(q, k, v, out)
+        ctx.lses, ctx.q_lens, ctx.k_lens, ctx.causal, ctx.scale = lses, q_lens, k_lens, causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for row, (ql, kl, l) in enumerate(zip(ctx.q_lens, ctx.k_lens, ctx.lses, strict=True)):
+            if l is None:
+                continue
+            t = [x[row : row + 1, :n].transpose(1, 2) for x, n in ((grad_out, ql), (q, ql), (k, kl), (v, kl), (out, ql))]
+            gq, gk, gv = _flash_bwd(*t, l, 0.0, ctx.causal, scale=ctx.scale)
+            dq[row, :ql] = gq[0].transpose(0, 1)
+            dk[row, :kl] = gk[0].transpose(0, 1)
+            dv[row, :kl] = gv[0].transpose(0, 1)
+        return dq, dk, dv, None, None, None, None
+
+
+def cpu_band_attention(
+    q: Tensor, k: Tensor, v: Tensor, window: Window, *, q_lens: list[int], k_lens: list[int],
+    num_sinks: int = 0, dilation: int = 1, scale: float | None = None, chunk: int | None = None,
+) -> Tensor:
+    """Sliding-window attention on CPU tensors; arguments already validated by the public API."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    plan = make_plan(q.shape[0], q.shape[1], k.shape[1], window, num_sinks=num_sinks, dilation=dilation, chunk=chunk)
+    if num_sinks == 0 and dilation == 1 and plan.left >= plan.offset + plan.q_len - 1:
+        if plan.right >= plan.k_len - 1 - plan.offset:
+            return _DenseRows.apply(q, k, v, q_lens, k_lens, False, scale)
+        if window[1] == 0 and plan.offset == 0 and q_lens == k_lens:
+            return _DenseRows.apply(q, k, v, q_lens, k_lens, True, scale)
+    return _BandAttention.apply(q, k, v, plan, q_lens, k_lens, scale)
