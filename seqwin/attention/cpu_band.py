@@ -235,7 +235,8 @@ class _DenseRows(torch.autograd.Function):
         for row, (ql, kl, l) in enumerate(zip(ctx.q_lens, ctx.k_lens, ctx.lses, strict=True)):
             if l is None:
                 continue
-            t = [x[row : row + 1, :n].transpose(1, 2) for x, n in ((grad_out, ql), (q, ql), (k, kl), (v, kl), (out, ql))]
+            pairs = ((grad_out, ql), (q, ql), (k, kl), (v, kl), (out, ql))
+            t = [x[row : row + 1, :n].transpose(1, 2) for x, n in pairs]
             gq, gk, gv = _flash_bwd(*t, l, 0.0, ctx.causal, scale=ctx.scale)
             dq[row, :ql] = gq[0].transpose(0, 1)
             dk[row, :kl] = gk[0].transpose(0, 1)

@@ -11,9 +11,8 @@ sink keys are visible through ``num_sinks`` whatever their stored position, so d
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 from fairseq2.models.transformer.multihead_attention import AttentionState
+from torch import Tensor
 
 
 class SlidingWindowKVCache:

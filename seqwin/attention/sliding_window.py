@@ -33,7 +33,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
     if q.shape[2] % k.shape[2] != 0:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"q, k, v must share one dtype of float32/bfloat16/float16, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise ValueError(f"q, k, v must share one dtype of float32/bfloat16/float16, got {q.dtype}/{k.dtype}/{v.dtype}")
 
 
 def _pick_backend(q: Tensor) -> str:

@@ -1,0 +1,303 @@
+"""Attention benchmark: seqwin vs dense SDPA, FlexAttention and lucidrains' local-attention, side by side.
+
+Every case runs in its own subprocess so peak memory (the process high-water mark on CPU, the allocator's on
+CUDA) belongs to that case alone. Writes ``results.json``, ``results.md`` (the README table) and ``attention.png``.
+
+    python tools/bench_attention.py --out bench_out                 # CPU, the README table
+    python tools/bench_attention.py --device cuda --dtype bf16 ...  # GPU
+    python tools/bench_attention.py --quick                         # a smoke run in about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SWA_METHODS = ["seqwin", "flex", "dense_masked", "dense_causal", "local_attention"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker: one (method, shape, mode) case.
+
+
+def _make_swa(method: str, n: int, window: int, device: str, dtype, heads: int, dim: int):
+    """Return ``fn(q, k, v) -> out`` for one method; q/k/v are (1, n, heads, dim)."""
+    import torch
+    import torch.nn.functional as F
+
+    if method == "seqwin":
+        from seqwin.attention import sliding_window_attention
+
+        return lambda q, k, v: sliding_window_attention(q, k, v, window=(window, 0))
+    if method == "dense_masked":
+        i = torch.arange(n, device=device)
+        mask = (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
+        return lambda q, k, v: F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask).transpose(1, 2)
+    if method == "dense_causal":  # full causal attention, no mask tensor: the fused kernel's best case
+        return lambda q, k, v: F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2)
+    if method == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        def band(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (kv_idx >= q_idx - window)
+
+        block_mask = create_block_mask(band, None, None, n, n, device=device)
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return lambda q, k, v: compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                        block_mask=block_mask).transpose(1, 2)
+    if method == "local_attention":
+        from local_attention import LocalAttention
+
+        attn = LocalAttention(window_size=window, causal=True, look_backward=1, look_forward=0,
+                              autopad=True, exact_windowsize=True, use_rotary_pos_emb=False).to(device)
+        return lambda q, k, v: attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    raise ValueError(method)
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's peak-RSS mark (Linux clear_refs 5) and return the current RSS in kB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
+
+
+def _run_case(case: dict) -> dict:
+    import torch
+
+    device, mode = case["device"], case["mode"]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[case["dtype"]]
+    torch.manual_seed(0)
+    n, h, d, window = case["n"], case["heads"], case["dim"], case["window"]
+    if device == "cpu" and mode == "fwdbwd" and case["method"] == "flex":
+        return {"skipped": "FlexAttention has no CPU backward"}
+    q, k, v = (torch.randn(1, n, h, d, device=device, dtype=dtype, requires_grad=mode == "fwdbwd")
+               for _ in range(3))
+    fn = _make_swa(case["method"], n, window, device, dtype, h, d)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        if mode == "fwd":
+            with torch.no_grad():
+                fn(q, k, v)
+        else:
+            out = fn(q, k, v)
+            out.backward(torch.ones_like(out))
+        sync()
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _reset_peak_rss()
+    t0 = time.perf_counter()
+    step()  # warm-up (and compilation for flex)
+    first = time.perf_counter() - t0
+    times = []
+    while len(times) < 2 or (sum(times) < case["min_seconds"] and len(times) < 10):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    if device == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak_mb = (_status_kb("VmHWM") - base) / 1024
+    keys = sum(min(i, window) + 1 for i in range(n))  # visible keys summed over queries
+    flops = 4 * h * d * keys * (1.0 if mode == "fwd" else 3.5)  # backward ~2.5x forward, as FlashAttention counts
+    best = min(times)
+    return {"ms": best * 1e3, "first_ms": first * 1e3, "peak_mb": peak_mb, "useful_gflops": flops / best / 1e9}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver.
+
+
+def _matmul_gflops(device: str, dtype_name: str) -> float:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    size = 4096 if device == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ a
+    reps = 20 if device == "cuda" else 5
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _available(method: str) -> bool:
+    if method != "local_attention":
+        return True
+    try:
+        import local_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _spawn(case: dict, timeout: float) -> dict:
+    env = dict(os.environ)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"over {timeout:.0f} s"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"skipped": f"failed: {last[:200]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default fp32 on CPU, bf16 on GPU")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--window", type=int, default=256, help="causal look-back for the length sweep")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
+    p.add_argument("--windows", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048],
+                   help="windows for the window sweep (at --window-sweep-length)")
+    p.add_argument("--window-sweep-length", type=int, default=8192)
+    p.add_argument("--methods", nargs="+", default=SWA_METHODS, choices=SWA_METHODS)
+    p.add_argument("--max-ms", type=float, default=20000, help="stop growing N for a method past this time")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--quick", action="store_true", help="small smoke run")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+        print(json.dumps(_run_case(json.loads(args.worker))))
+        return
+
+    dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    if args.quick:
+        args.lengths, args.windows, args.window_sweep_length = [1024, 4096], [64, 256], 4096
+    methods = [m for m in args.methods if _available(m)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    info = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": dtype,
+        "heads": args.heads, "dim": args.dim, "matmul_gflops": _matmul_gflops(args.device, dtype),
+    }
+    print(f"device: {info['device']}, {dtype} matmul {info['matmul_gflops']:.0f} GFLOP/s", flush=True)
+    rows = []
+    sweeps = [("length", n, args.window) for n in args.lengths]
+    sweeps += [("window", args.window_sweep_length, w) for w in args.windows]
+    too_slow: set[tuple[str, str, str]] = set()
+    for sweep, n, window in sweeps:
+        for mode in ("fwd", "fwdbwd"):
+            for method in methods:
+                key = (sweep, method, mode)
+                case = {"method": method, "mode": mode, "n": n, "window": window, "heads": args.heads,
+                        "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": 1.0}
+                if key in too_slow:
+                    res = {"skipped": f"slower than {args.max_ms:.0f} ms at a smaller size"}
+                else:
+                    res = _spawn(case, args.timeout)
+                    if res.get("ms", 0) > args.max_ms or "over" in res.get("skipped", ""):
+                        too_slow.add(key)
+                rows.append({"sweep": sweep, **case, **res})
+                shown = f"{res['ms']:9.1f} ms {res['peak_mb']:8.0f} MB" if "ms" in res else res["skipped"]
+                print(f"{sweep:6} N={n:6} W={window:5} {mode:6} {method:16} {shown}", flush=True)
+    (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    (args.out / "results.md").write_text(_table(info, rows))
+    _plot(info, rows, args.out / "attention.png")
+    print(_table(info, rows))
+    print(f"wrote {args.out}/results.json, results.md, attention.png")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return "cpu"
+
+
+def _table(info: dict, rows: list[dict]) -> str:
+    """Markdown: per length, each method's time, ratio to seqwin and useful GFLOP/s."""
+    lines = [f"{info['device']}, {info['dtype']}, H={info['heads']}, D={info['dim']}, "
+             f"matmul ceiling {info['matmul_gflops']:.0f} GFLOP/s; causal window sweep rows show ms "
+             "(x = time / seqwin time; GF = useful GFLOP/s; MB = extra peak memory)", ""]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines.append("| sweep | N | window | mode | " + " | ".join(methods) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(methods))
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["sweep"], r["n"], r["window"], r["mode"]), {})[r["method"]] = r
+    for (sweep, n, window, mode), by_method in groups.items():
+        ours = by_method.get("seqwin", {}).get("ms")
+        cells = []
+        for m in methods:
+            r = by_method.get(m, {})
+            if "ms" not in r:
+                cells.append("—")
+                continue
+            ratio = f" ({r['ms'] / ours:.1f}x)" if ours and m != "seqwin" else ""
+            cells.append(f"{r['ms']:.1f} ms{ratio}, {r['useful_gflops']:.0f} GF, {r['peak_mb']:.0f} MB")
+        lines.append(f"| {sweep} | {n} | {window} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(info: dict, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for mode, ax in zip(("fwd", "fwdbwd"), axes[:2], strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            pts = [(r["n"], r["ms"]) for r in rows if r["sweep"] == "length" and r["mode"] == mode
+                   and r["method"] == method and "ms" in r]
+            if pts:
+                ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
+        ax.set(title=f"{mode}: time vs N", xlabel="sequence length", ylabel="ms")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [(r["n"], r["peak_mb"]) for r in rows if r["sweep"] == "length" and r["mode"] == "fwdbwd"
+               and r["method"] == method and "ms" in r]
+        if pts:
+            ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
+    ax.set(title="fwd+bwd extra peak memory", xlabel="sequence length", ylabel="MB")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{info['device']} {info['dtype']} H={info['heads']} D={info['dim']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
