@@ -8,7 +8,7 @@ import sys
 
 from seqwin import __version__
 from seqwin.cli import prepare
-from seqwin.cli.errors import UserError
+from seqwin.errors import UserError
 
 # Each entry adds its subcommand(s) to the top-level parser; a module lands here only once it works.
 _COMMANDS = [prepare]

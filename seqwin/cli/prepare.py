@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from seqwin.cli.errors import UserError
+from seqwin.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqwin.cli.errors import UserError
+from seqwin.errors import UserError
 
 log = logging.getLogger(__name__)
 
