@@ -1,4 +1,7 @@
-"""The ``seqwin`` command line: one subcommand per module, each registered by ``add_parser``."""
+"""seqwin: fast sliding-window and routing attention for speech and long-sequence models.
+
+Run `seqwin COMMAND --help` for each command's options.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import logging
 import sys
 
 from seqwin import __version__
-from seqwin.cli import prepare
+from seqwin.cli import prepare, tasks
 from seqwin.errors import UserError
 
 # Each entry adds its subcommand(s) to the top-level parser; a module lands here only once it works.
-_COMMANDS = [prepare]
+_COMMANDS = [prepare, tasks]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="seqwin", description=__doc__)
+    parser = _Parser(prog="seqwin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"seqwin {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

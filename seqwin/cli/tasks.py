@@ -1,0 +1,37 @@
+"""``seqwin train TASK`` and ``seqwin eval TASK``: each task lives in a recipe module, registered here by name.
+
+A recipe module provides ``add_train_args(parser)`` + ``train(args) -> int`` and/or ``add_eval_args(parser)`` +
+``evaluate(args) -> int``. Modules are imported only when their task runs, so ``seqwin --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# task name -> (recipe module, one-line help). A task appears here only once it works.
+TRAIN_TASKS: dict[str, tuple[str, str]] = {}
+EVAL_TASKS: dict[str, tuple[str, str]] = {}
+
+
+def _dispatch(module: str, attr: str):
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), attr)(args)
+
+    return run
+
+
+def _add(subparsers, name: str, help_text: str, tasks: dict[str, tuple[str, str]], args_fn: str, run_fn: str):
+    if not tasks:
+        return
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    for task, (module, task_help) in tasks.items():
+        p = sub.add_parser(task, help=task_help, description=task_help)
+        getattr(importlib.import_module(module), args_fn)(p)
+        p.set_defaults(func=_dispatch(module, run_fn))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    _add(subparsers, "train", "train a model from a recipe config", TRAIN_TASKS, "add_train_args", "train")
+    _add(subparsers, "eval", "evaluate a trained model", EVAL_TASKS, "add_eval_args", "evaluate")

@@ -1,0 +1,8 @@
+"""Shared training machinery for every recipe: typed YAML configs, atomic checkpoints, metrics, the loop."""
+
+from seqwin.training.checkpoint import CheckpointManager
+from seqwin.training.config import ConfigError, load_config, to_yaml
+from seqwin.training.metrics import MetricWriter
+from seqwin.training.trainer import Trainer, TrainerConfig
+
+__all__ = ["CheckpointManager", "ConfigError", "MetricWriter", "Trainer", "TrainerConfig", "load_config", "to_yaml"]

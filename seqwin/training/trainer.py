@@ -1,0 +1,282 @@
+"""The training loop every recipe shares: progress, metrics, atomic checkpoints, resume, non-finite-loss guard.
+
+A recipe supplies a model, ``step_fn(model, batch) -> (loss, metrics, num_units)`` and
+``batches(epoch, skip) -> iterable`` that yields the epoch's batches after the first ``skip`` (data order is a
+function of the epoch, so skipping restores it exactly after a resume). Re-running the same command on the same
+output directory resumes from the newest readable checkpoint, losing at most one checkpoint interval.
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU); only rank 0 writes
+metrics and checkpoints. ``batches`` receives its rank through :attr:`Trainer.rank`/:attr:`Trainer.world_size`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from seqwin.errors import UserError
+from seqwin.training.checkpoint import CheckpointManager
+from seqwin.training.metrics import MetricWriter
+
+log = logging.getLogger("seqwin.train")
+
+StepFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, float], int]]
+
+
+class TrainingError(UserError):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    max_seconds: float | None = None
+    """Wall-clock budget: stop (with a checkpoint) when it runs out, even before ``max_steps``."""
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    log_every: int = 10
+    valid_every: int = 0
+    """0: validate only at the end."""
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 20
+    """Steps with a NaN/inf loss or gradient are skipped and counted; past this many training stops."""
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the torchrun process group if there is one; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def lr_factor(step: int, cfg: TrainerConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: nn.Module,
+        out_dir: Path,
+        *,
+        step_fn: StepFn,
+        batches: Callable[[int, int], Iterable],
+        valid_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        param_groups: list[dict] | None = None,
+        extra_state: dict[str, Any] | None = None,
+        before_step: Callable[[int, nn.Module], None] | None = None,
+        unit: str = "items",
+    ) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.device = pick_device(cfg.device)
+        self.rank, self.world_size = init_distributed(self.device)
+        self.model = model.to(self.device)
+        self.step_fn, self.batches, self.valid_fn = step_fn, batches, valid_fn
+        self.before_step = before_step
+        self.extra_state = extra_state or {}
+        self.unit = unit
+        params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_checkpoints)
+        self.metrics = MetricWriter(self.out_dir, enabled=self.rank == 0)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.nonfinite = 0
+        self.wrapped = model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.wrapped = DistributedDataParallel(self.model, find_unused_parameters=True)
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "nonfinite": self.nonfinite,
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+            "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
+        }
+
+    def resume(self) -> bool:
+        found = self.ckpt.load_latest(map_location=self.device)
+        if found is None:
+            return False
+        step, state = found
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.nonfinite = state.get("nonfinite", 0)
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        for key, obj in self.extra_state.items():
+            obj.load_state_dict(state["extra"][key])
+        log.info("resumed from %s (step %d)", self.ckpt.path(step), self.step)
+        return True
+
+    def save(self) -> None:
+        if self.rank == 0:
+            path = self.ckpt.save(self.step, self.state_dict())
+            log.info("checkpoint %s", path)
+
+    # -- loop ----------------------------------------------------------------------------------------------
+
+    def _batches(self):
+        """Endless stream of batches, resuming mid-epoch at the saved position."""
+        while True:
+            for batch in self.batches(self.epoch, self.batch_in_epoch):
+                self.batch_in_epoch += 1
+                yield batch
+            if self.batch_in_epoch == 0:
+                raise TrainingError("the training data yields no batches (check the manifest and length limits)")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _train_step(self, batch: Any) -> tuple[float, dict[str, float], int] | None:
+        self.wrapped.train()
+        loss, values, units = self.step_fn(self.wrapped, batch)
+        if not torch.isfinite(loss):
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), {**values, "grad_norm": norm.item()}, units
+
+    def fit(self) -> dict[str, float]:
+        torch.manual_seed(self.cfg.seed)
+        random.seed(self.cfg.seed)
+        resumed = self.resume()
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            log.info("already trained to step %d in %s; nothing to do", self.step, self.out_dir)
+            return self._validate() if self.valid_fn else {}
+        log.info("%s training to step %d in %s (checkpoints/, metrics.jsonl, tb/)",
+                 "resuming" if resumed else "start", cfg.max_steps, self.out_dir)
+        start = time.monotonic()
+        start_step = self.step
+        window_loss, window_units, window_steps, window_t = 0.0, 0, 0, time.monotonic()
+        valid: dict[str, float] = {}
+        data = self._batches()
+        while self.step < cfg.max_steps:
+            if self.before_step is not None:
+                self.before_step(self.step, self.model)
+            result = self._train_step(next(data))
+            if result is None:
+                self.nonfinite += 1
+                log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)",
+                            self.step, self.nonfinite)
+                if self.nonfinite > cfg.max_nonfinite_steps:
+                    self.save()
+                    raise TrainingError(f"stopping: {self.nonfinite} steps had a NaN/inf loss or gradient "
+                                        f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); lower the lr?")
+                continue
+            loss, values, units = result
+            self.step += 1
+            window_loss += loss
+            window_units += units
+            window_steps += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                now = time.monotonic()
+                rate = window_units / max(now - window_t, 1e-9)
+                per_step = (now - start) / (self.step - start_step)
+                eta = per_step * (cfg.max_steps - self.step)
+                if cfg.max_seconds is not None:
+                    eta = min(eta, max(0.0, cfg.max_seconds - (now - start)))
+                row = {"loss": window_loss / window_steps, **values, "lr": self.scheduler.get_last_lr()[0],
+                       f"{self.unit}_per_s": rate, "skipped_steps": self.nonfinite}
+                self.metrics.write("train", self.step, row)
+                if self.rank == 0:
+                    extra = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "grad_norm")
+                    log.info("step %d/%d loss %.4f %s| %.0f %s/s | elapsed %s ETA %s", self.step, cfg.max_steps,
+                             row["loss"], extra + " " if extra else "", rate, self.unit,
+                             _fmt(now - start), _fmt(eta))
+                window_loss, window_units, window_steps, window_t = 0.0, 0, 0, now
+            out_of_time = cfg.max_seconds is not None and time.monotonic() - start >= cfg.max_seconds
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or out_of_time:
+                self.save()
+            if cfg.valid_every and self.step % cfg.valid_every == 0 and self.step < cfg.max_steps:
+                valid = self._validate()
+            if out_of_time:
+                log.info("time budget of %.0f s reached at step %d", cfg.max_seconds, self.step)
+                break
+        if self.valid_fn:
+            valid = self._validate()
+        self.metrics.close()
+        log.info("done at step %d; outputs in %s", self.step, self.out_dir)
+        return valid
+
+    def _validate(self) -> dict[str, float]:
+        if self.valid_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            values = self.valid_fn(self.model)
+        self.metrics.write("valid", self.step, values)
+        if self.rank == 0:
+            log.info("valid @ step %d: %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        return values
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
