@@ -55,8 +55,7 @@ def test_config_overrides(tmp_path):
 def _data(epoch, skip):
     g = torch.Generator().manual_seed(epoch)
     xs = torch.randn(6, 8, 3, generator=g)
-    for x in xs[skip:]:
-        yield x
+    yield from xs[skip:]
 
 
 def _step(model, x):
