@@ -49,6 +49,14 @@ class BandPlan:
     def padded_k_len(self) -> int:
         return self.pad_front + self.k_len + self.pad_back
 
+    def for_backward(self) -> BandPlan:
+        """The plan the backward pass uses: the backward only needs the merged output and log-sum-exp per query,
+        so it may cut queries differently. PyTorch's fused backward zero-fills key-gradient buffers as large as
+        every span together, so larger chunks (less span overlap) pay off there sooner than in the forward."""
+        chunk = max(self.chunk, min(2 * self.chunk, 256))
+        return make_plan(self.batch, self.q_len, self.k_len, self.window, num_sinks=self.num_sinks,
+                         dilation=self.dilation, chunk=chunk)
+
     def span_start(self, c: Tensor | int) -> Tensor | int:
         """Key position of the first key in chunk ``c``'s span (may be negative)."""
         return c * self.chunk + self.offset - self.left

@@ -142,7 +142,7 @@ class _BandAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        plan: BandPlan = ctx.plan
+        plan: BandPlan = ctx.plan.for_backward()
         scale = ctx.scale
         b, nq, h, d = q.shape
         hk = k.shape[2]
@@ -179,17 +179,16 @@ class _BandAttention(torch.autograd.Function):
                 piece = slice(j * plan.chunk, (j + 1) * plan.chunk)
                 dkp[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
                 dvp[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
-        flat_k = dkp.view(-1, hk, d)
-        flat_v = dvp.view(-1, hk, d)
         for rows, chunks in edges:
             mask = additive(plan.edge_mask(rows, chunks, k_lens_t)).unsqueeze(1)
             gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], ks[rows, chunks], vs[rows, chunks],
                                     oc[rows, chunks], lse_c[rows, chunks], 0.0, False, attn_mask=mask, scale=scale)
             dq[rows, chunks] = gq.transpose(1, 2).float()
-            pos = rows[:, None] * plan.padded_k_len + first + chunks[:, None] * plan.chunk
-            pos = (pos + torch.arange(plan.span, device=device)).reshape(-1)
-            flat_k.index_add_(0, pos, gk.transpose(1, 2).reshape(-1, hk, d).float())
-            flat_v.index_add_(0, pos, gv.transpose(1, 2).reshape(-1, hk, d).float())
+            # Each edge span is one contiguous run of keys: plain slice adds beat a scattered index_add.
+            for i, (row, c) in enumerate(zip(rows.tolist(), chunks.tolist(), strict=True)):
+                start = first + c * plan.chunk
+                dkp[row, start : start + plan.span] += gk[i].transpose(0, 1)
+                dvp[row, start : start + plan.span] += gv[i].transpose(0, 1)
         dq = dq.view(b, -1, h, d)[:, :nq]
         dk = dkp[:, plan.pad_front : plan.pad_front + plan.k_len]
         dv = dvp[:, plan.pad_front : plan.pad_front + plan.k_len]
