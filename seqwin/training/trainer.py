@@ -5,8 +5,9 @@ A recipe supplies a model, ``step_fn(model, batch) -> (loss, metrics, num_units)
 function of the epoch, so skipping restores it exactly after a resume). Re-running the same command on the same
 output directory resumes from the newest readable checkpoint, losing at most one checkpoint interval.
 
-Under ``torchrun`` the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU); only rank 0 writes
-metrics and checkpoints. ``batches`` receives its rank through :attr:`Trainer.rank`/:attr:`Trainer.world_size`.
+Under ``torchrun`` the trainer joins fairseq2 gangs (gloo on CPU, NCCL on GPU) and wraps the model with fairseq2's
+DDP; only rank 0 writes metrics and checkpoints. ``batches`` shards by :attr:`Trainer.rank` and
+:attr:`Trainer.world_size` (set before the first batch is asked for).
 """
 
 from __future__ import annotations
@@ -78,16 +79,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the torchrun process group if there is one; returns (rank, world_size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
+def create_gangs(device: torch.device):
+    """fairseq2 gangs: real ones under torchrun (gloo on CPU, NCCL on GPU), fake single-process ones otherwise."""
+    from fairseq2.gang import ProcessGroupGang, create_fake_gangs, create_parallel_gangs
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return create_fake_gangs(device)
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    if dist.is_initialized():  # a second Trainer in the same process reuses the group
+        return create_parallel_gangs(ProcessGroupGang(dist.group.WORLD, device))
+    return create_parallel_gangs(ProcessGroupGang.create_default_process_group(device))
 
 
 def lr_factor(step: int, cfg: TrainerConfig) -> float:
@@ -118,7 +120,8 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.device = pick_device(cfg.device)
-        self.rank, self.world_size = init_distributed(self.device)
+        self.gangs = create_gangs(self.device)
+        self.rank, self.world_size = self.gangs.root.rank, self.gangs.root.size
         self.model = model.to(self.device)
         self.step_fn, self.batches, self.valid_fn = step_fn, batches, valid_fn
         self.before_step = before_step
@@ -135,9 +138,9 @@ class Trainer:
         self.nonfinite = 0
         self.wrapped = model
         if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
+            from fairseq2.nn.ddp import to_ddp
 
-            self.wrapped = DistributedDataParallel(self.model, find_unused_parameters=True)
+            self.wrapped = to_ddp(self.model, self.gangs, find_unused_parameters=True)
 
     # -- state ---------------------------------------------------------------------------------------------
 
