@@ -34,21 +34,19 @@ def _chunks(x: Tensor, plan: BandPlan) -> Tensor:
     return x.view(b, plan.num_chunks, plan.chunk, h, d).transpose(2, 3)
 
 
-def _padded_keys(x: Tensor, plan: BandPlan) -> Tensor:
-    b, _, h, d = x.shape
-    parts = [x.new_zeros(b, plan.pad_front, h, d), x, x.new_zeros(b, plan.pad_back, h, d)]
-    return torch.cat(parts, dim=1)
+def _interior_spans(x: Tensor, plan: BandPlan, row: int, c0: int, c1: int) -> Tensor:
+    """Spans of interior chunks ``[c0, c1)`` of one row: an overlapping strided view of contiguous ``x``, no copy.
+    Interior spans lie inside ``[0, k_len)`` by definition, so no padding is needed."""
+    _, _, h, d = x.shape
+    xr = x[row]
+    return xr.as_strided((c1 - c0, h, plan.span, d), (plan.chunk * h * d, d, h * d, 1),
+                         xr.storage_offset() + plan.span_start(c0) * h * d)
 
 
-def _spans(xp: Tensor, plan: BandPlan) -> Tensor:
-    """(B, padded_k_len, Hk, D) -> (B, num_chunks, Hk, span, D) overlapping strided view, no copy."""
-    b, _, h, d = xp.shape
-    first = plan.pad_front + plan.span_start(0)
-    return xp.as_strided(
-        (b, plan.num_chunks, h, plan.span, d),
-        (xp.stride(0), plan.chunk * h * d, d, h * d, 1),
-        xp.storage_offset() + first * h * d,
-    )
+def _edge_spans(x: Tensor, plan: BandPlan, rows: Tensor, chunks: Tensor) -> Tensor:
+    """Gathered ``(n, Hk, span, D)`` spans of edge chunks; out-of-range positions are clamped (masked anyway)."""
+    pos = plan.span_start(chunks)[:, None] + torch.arange(plan.span, device=x.device)
+    return x[rows[:, None], pos.clamp_(0, x.shape[1] - 1)].transpose(1, 2)
 
 
 def _work(plan: BandPlan, q_lens: list[int], k_lens: list[int], device: torch.device):
@@ -96,9 +94,8 @@ class _BandAttention(torch.autograd.Function):
         device = q.device
         interior, edges = _work(plan, q_lens, k_lens, device)
         k_lens_t = torch.tensor(k_lens, dtype=torch.long, device=device)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         qc = _chunks(q, plan)
-        kp, vp = _padded_keys(k, plan), _padded_keys(v, plan)
-        ks, vs = _spans(kp, plan), _spans(vp, plan)
         band = plan.band_mask(device)
 
         # Outputs in the final (B, q_len, H, D) layout, padded to whole chunks; lse per chunk.
@@ -106,14 +103,15 @@ class _BandAttention(torch.autograd.Function):
         lse = torch.full((b, plan.num_chunks, h, plan.chunk), float("-inf"), device=device)
         for row, c0, c1 in interior:
             n = c1 - c0
-            o, l = _flash(qc[row, c0:c1], ks[row, c0:c1], vs[row, c0:c1], 0.0, False,
+            o, l = _flash(qc[row, c0:c1], _interior_spans(k, plan, row, c0, c1),
+                          _interior_spans(v, plan, row, c0, c1), 0.0, False,
                           attn_mask=band.expand(n, 1, -1, -1), scale=scale)
             out[row, c0:c1] = o.transpose(1, 2)
             lse[row, c0:c1] = l
         for rows, chunks in edges:
             mask = plan.edge_mask(rows, chunks, k_lens_t)
-            o, l = _flash(qc[rows, chunks], ks[rows, chunks], vs[rows, chunks], 0.0, False,
-                          attn_mask=additive(mask).unsqueeze(1), scale=scale)
+            o, l = _flash(qc[rows, chunks], _edge_spans(k, plan, rows, chunks), _edge_spans(v, plan, rows, chunks),
+                          0.0, False, attn_mask=additive(mask).unsqueeze(1), scale=scale)
             # The kernel returns lse 0 for rows with no visible key; they must not count in merges.
             l = l.masked_fill(~mask.any(-1)[:, None, :], float("-inf"))
             out[rows, chunks] = o.transpose(1, 2)
@@ -132,7 +130,7 @@ class _BandAttention(torch.autograd.Function):
 
         q_ok = torch.arange(nq, device=device)[None, :] < torch.tensor(q_lens, device=device)[:, None]
         empty = torch.isneginf(lse) | ~q_ok[:, None, :]
-        out = out.masked_fill(empty.transpose(1, 2)[..., None], 0.0).contiguous()
+        out = out.masked_fill_(empty.transpose(1, 2)[..., None], 0.0).contiguous()
         # +inf makes the recomputed probabilities of empty rows exactly zero in the backward.
         lse = lse.masked_fill(empty, float("inf"))
         ctx.save_for_backward(q, k, v, out, lse)
@@ -156,42 +154,40 @@ class _BandAttention(torch.autograd.Function):
         pad = plan.num_chunks * plan.chunk - nq
         lse_c = torch.cat([lse, lse.new_full((b, h, pad), float("inf"))], dim=2) if pad else lse
         lse_c = lse_c.view(b, h, plan.num_chunks, plan.chunk).transpose(1, 2)
-        kp, vp = _padded_keys(k, plan), _padded_keys(v, plan)
-        ks, vs = _spans(kp, plan), _spans(vp, plan)
         band = plan.band_mask(device)
 
         # Accumulate in fp32: spans overlap, so key gradients are sums of several partial results.
         dq = torch.zeros(b, plan.num_chunks, plan.chunk, h, d, device=device)
-        dkp = torch.zeros(b, plan.padded_k_len, hk, d, device=device)
-        dvp = torch.zeros_like(dkp)
-        first = plan.pad_front + plan.span_start(0)
+        dk = torch.zeros(b, plan.k_len, hk, d, device=device)
+        dv = torch.zeros_like(dk)
         pieces = plan.span // plan.chunk
         for row, c0, c1 in interior:
             n = c1 - c0
-            gq, gk, gv = _flash_bwd(gc[row, c0:c1], qc[row, c0:c1], ks[row, c0:c1], vs[row, c0:c1],
-                                    oc[row, c0:c1], lse_c[row, c0:c1], 0.0, False,
-                                    attn_mask=band.expand(n, 1, -1, -1), scale=scale)
+            ks, vs = _interior_spans(k, plan, row, c0, c1), _interior_spans(v, plan, row, c0, c1)
+            gq, gk, gv = _flash_bwd(gc[row, c0:c1], qc[row, c0:c1], ks, vs, oc[row, c0:c1], lse_c[row, c0:c1],
+                                    0.0, False, attn_mask=band.expand(n, 1, -1, -1), scale=scale)
             dq[row, c0:c1] = gq.transpose(1, 2)
             # Overlap-add: span piece j of chunk c lands on the keys of chunk (c + j) of the padded sequence.
-            start = first + c0 * plan.chunk
+            start = plan.span_start(c0)
             for j in range(pieces):
                 sl = slice(start + j * plan.chunk, start + (j + n) * plan.chunk)
                 piece = slice(j * plan.chunk, (j + 1) * plan.chunk)
-                dkp[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
-                dvp[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+                dk[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+                dv[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
         for rows, chunks in edges:
             mask = additive(plan.edge_mask(rows, chunks, k_lens_t)).unsqueeze(1)
-            gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], ks[rows, chunks], vs[rows, chunks],
-                                    oc[rows, chunks], lse_c[rows, chunks], 0.0, False, attn_mask=mask, scale=scale)
+            gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], _edge_spans(k, plan, rows, chunks),
+                                    _edge_spans(v, plan, rows, chunks), oc[rows, chunks], lse_c[rows, chunks], 0.0,
+                                    False, attn_mask=mask, scale=scale)
             dq[rows, chunks] = gq.transpose(1, 2).float()
             # Each edge span is one contiguous run of keys: plain slice adds beat a scattered index_add.
+            # Positions outside [0, k_len) were clamped copies under a hiding mask: their gradients are zero.
             for i, (row, c) in enumerate(zip(rows.tolist(), chunks.tolist(), strict=True)):
-                start = first + c * plan.chunk
-                dkp[row, start : start + plan.span] += gk[i].transpose(0, 1)
-                dvp[row, start : start + plan.span] += gv[i].transpose(0, 1)
+                start = plan.span_start(c)
+                lo, hi = max(start, 0), min(start + plan.span, plan.k_len)
+                dk[row, lo:hi] += gk[i, :, lo - start : hi - start].transpose(0, 1)
+                dv[row, lo:hi] += gv[i, :, lo - start : hi - start].transpose(0, 1)
         dq = dq.view(b, -1, h, d)[:, :nq]
-        dk = dkp[:, plan.pad_front : plan.pad_front + plan.k_len]
-        dv = dvp[:, plan.pad_front : plan.pad_front + plan.k_len]
 
         if plan.num_sinks > 0:
             s = plan.num_sinks

@@ -10,8 +10,13 @@ import argparse
 import importlib
 
 # task name -> (recipe module, one-line help). A task appears here only once it works.
-TRAIN_TASKS: dict[str, tuple[str, str]] = {}
-EVAL_TASKS: dict[str, tuple[str, str]] = {}
+TRAIN_TASKS: dict[str, tuple[str, str]] = {
+    "lm": ("seqwin.recipes.lm.cli", "long-context language model (full/local/routing attention per layer)"),
+    "tokenizer": ("seqwin.recipes.lm.tokenizer_cli", "SentencePiece (or byte-level) tokenizer for LMs"),
+}
+EVAL_TASKS: dict[str, tuple[str, str]] = {
+    "lm": ("seqwin.recipes.lm.cli", "LM perplexity per token and per byte, or WindowKV loss vs KV budget"),
+}
 
 
 def _dispatch(module: str, attr: str):

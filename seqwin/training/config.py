@@ -8,6 +8,7 @@ Unknown keys, wrong types and impossible values fail with one message naming the
 from __future__ import annotations
 
 import dataclasses
+import enum
 import types
 import typing
 from pathlib import Path
@@ -61,6 +62,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return {k: _convert(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        # Enums are written by name in YAML (e.g. fairseq2's TransformerNormOrder: POST / PRE).
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, str) and value in tp.__members__:
+            return tp[value]
+        raise ConfigError(f"{key}: must be one of {list(tp.__members__)}, got {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -97,7 +105,10 @@ def from_dict(kls: type[T], data: Any, key: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (valid keys here: {', '.join(sorted(fields))})")
     kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
-    obj = kls(**kwargs)
+    try:
+        obj = kls(**kwargs)
+    except (ValueError, TypeError) as exc:  # checks in __post_init__ (e.g. seqwin.attention's AttentionSpec)
+        raise ConfigError(f"{key or 'config'}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
         try:
@@ -144,6 +155,8 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.name
     return obj
 
 
