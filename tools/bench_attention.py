@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 SWA_METHODS = ["seqwin", "flex", "dense_masked", "dense_causal", "local_attention"]
+ROUTING_METHODS = ["seqwin_routing", "seqwin_routing_causal", "seqwin_window", "dense", "lucidrains_routing"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,6 +75,47 @@ def _reset_peak_rss() -> int:
     return _status_kb("VmRSS")
 
 
+def _make_routing(method: str, n: int, clusters: int, device: str, heads: int, dim: int):
+    """Return ``fn(q, k, v) -> (out, dropped_fraction)`` for the routing suite (non-causal unless named)."""
+    import torch.nn.functional as F
+
+    group = -(-n // clusters)
+    if method in ("seqwin_routing", "seqwin_routing_causal"):
+        from seqwin.attention.routing import routing_attention
+        from seqwin.attention.routing_kmeans import KMeansRouter
+
+        router = KMeansRouter(heads, dim, clusters).to(device)
+        causal = method.endswith("causal")
+        # Causal: each query sees the last `group` keys of its cluster, the same budget as a non-causal group.
+        kw = {"causal": True, "window": group} if causal else {}
+
+        def run(q, k, v):
+            out, aux = routing_attention(q, k, v, router, **kw)
+            return out, aux["dropped_fraction"]
+
+        return run
+    if method == "seqwin_window":  # the same number of keys per query, as a symmetric window
+        from seqwin.attention import sliding_window_attention
+
+        return lambda q, k, v: (sliding_window_attention(q, k, v, window=(group // 2, group // 2)), 0.0)
+    if method == "dense":
+        return lambda q, k, v: (F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2), 0.0)
+    if method == "lucidrains_routing":
+        from routing_transformer.routing_transformer import KmeansAttention
+
+        attn = KmeansAttention(clusters, group, heads, dim).to(device)
+
+        def run(q, k, v):
+            out, _ = attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            # Tokens that no cluster picked come back as all-zero rows.
+            dropped = (out.detach() == 0).all(-1).float().mean().item()
+            return out.transpose(1, 2), dropped
+
+        return run
+    raise ValueError(method)
+
+
 def _run_case(case: dict) -> dict:
     import torch
 
@@ -85,7 +127,15 @@ def _run_case(case: dict) -> dict:
         return {"skipped": "FlexAttention has no CPU backward"}
     q, k, v = (torch.randn(1, n, h, d, device=device, dtype=dtype, requires_grad=mode == "fwdbwd")
                for _ in range(3))
-    fn = _make_swa(case["method"], n, window, device, dtype, h, d)
+    dropped = {}
+    if case["method"] in ROUTING_METHODS:
+        routed = _make_routing(case["method"], n, case["clusters"], device, h, d)
+
+        def fn(q, k, v):
+            out, dropped["fraction"] = routed(q, k, v)
+            return out
+    else:
+        fn = _make_swa(case["method"], n, window, device, dtype, h, d)
 
     def sync():
         if device == "cuda":
@@ -117,10 +167,16 @@ def _run_case(case: dict) -> dict:
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak_mb = (_status_kb("VmHWM") - base) / 1024
-    keys = sum(min(i, window) + 1 for i in range(n))  # visible keys summed over queries
+    if case["method"] in ROUTING_METHODS:
+        keys = n * (n if case["method"] == "dense" else -(-n // case["clusters"]))
+    else:
+        keys = sum(min(i, window) + 1 for i in range(n))  # visible keys summed over queries
     flops = 4 * h * d * keys * (1.0 if mode == "fwd" else 3.5)  # backward ~2.5x forward, as FlashAttention counts
     best = min(times)
-    return {"ms": best * 1e3, "first_ms": first * 1e3, "peak_mb": peak_mb, "useful_gflops": flops / best / 1e9}
+    result = {"ms": best * 1e3, "first_ms": first * 1e3, "peak_mb": peak_mb, "useful_gflops": flops / best / 1e9}
+    if "fraction" in dropped:
+        result["dropped"] = dropped["fraction"]
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,10 +203,11 @@ def _matmul_gflops(device: str, dtype_name: str) -> float:
 
 
 def _available(method: str) -> bool:
-    if method != "local_attention":
+    module = {"local_attention": "local_attention", "lucidrains_routing": "routing_transformer"}.get(method)
+    if module is None:
         return True
     try:
-        import local_attention  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
@@ -182,6 +239,10 @@ def main() -> None:
                    help="windows for the window sweep (at --window-sweep-length)")
     p.add_argument("--window-sweep-length", type=int, default=8192)
     p.add_argument("--methods", nargs="+", default=SWA_METHODS, choices=SWA_METHODS)
+    p.add_argument("--suite", choices=["window", "routing", "all"], default="all")
+    p.add_argument("--routing-lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--routing-heads", type=int, default=4)
+    p.add_argument("--routing-methods", nargs="+", default=ROUTING_METHODS, choices=ROUTING_METHODS)
     p.add_argument("--max-ms", type=float, default=20000, help="stop growing N for a method past this time")
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--quick", action="store_true", help="small smoke run")
@@ -198,26 +259,36 @@ def main() -> None:
     dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     if args.quick:
         args.lengths, args.windows, args.window_sweep_length = [1024, 4096], [64, 256], 4096
+        args.routing_lengths = [1024, 4096]
     methods = [m for m in args.methods if _available(m)]
+    routing_methods = [m for m in args.routing_methods if _available(m)]
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
 
     info = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": dtype,
-        "heads": args.heads, "dim": args.dim, "matmul_gflops": _matmul_gflops(args.device, dtype),
+        "heads": args.heads, "routing_heads": args.routing_heads, "dim": args.dim,
+        "matmul_gflops": _matmul_gflops(args.device, dtype),
     }
     print(f"device: {info['device']}, {dtype} matmul {info['matmul_gflops']:.0f} GFLOP/s", flush=True)
     rows = []
-    sweeps = [("length", n, args.window) for n in args.lengths]
-    sweeps += [("window", args.window_sweep_length, w) for w in args.windows]
+    sweeps = []
+    if args.suite in ("window", "all"):
+        sweeps += [("length", n, args.window, methods, args.heads) for n in args.lengths]
+        sweeps += [("window", args.window_sweep_length, w, methods, args.heads) for w in args.windows]
+    if args.suite in ("routing", "all"):
+        sweeps += [("routing", n, 0, routing_methods, args.routing_heads) for n in args.routing_lengths]
     too_slow: set[tuple[str, str, str]] = set()
-    for sweep, n, window in sweeps:
+    for sweep, n, window, sweep_methods, heads in sweeps:
         for mode in ("fwd", "fwdbwd"):
-            for method in methods:
+            for method in sweep_methods:
                 key = (sweep, method, mode)
-                case = {"method": method, "mode": mode, "n": n, "window": window, "heads": args.heads,
-                        "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": 1.0}
+                # Routing uses c = sqrt(N) clusters (64 at N=4096..8192 as in the issue's reference point).
+                clusters = 64 if n in (4096, 8192) else max(8, round(n**0.5))
+                case = {"method": method, "mode": mode, "n": n, "window": window, "heads": heads,
+                        "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": 1.0,
+                        "clusters": clusters}
                 if key in too_slow:
                     res = {"skipped": f"slower than {args.max_ms:.0f} ms at a smaller size"}
                 else:
@@ -226,6 +297,8 @@ def main() -> None:
                         too_slow.add(key)
                 rows.append({"sweep": sweep, **case, **res})
                 shown = f"{res['ms']:9.1f} ms {res['peak_mb']:8.0f} MB" if "ms" in res else res["skipped"]
+                if "dropped" in res:
+                    shown += f"  dropped {res['dropped']:.1%}"
                 print(f"{sweep:6} N={n:6} W={window:5} {mode:6} {method:16} {shown}", flush=True)
     (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     (args.out / "results.md").write_text(_table(info, rows))
@@ -245,28 +318,55 @@ def _cpu_name() -> str:
 
 
 def _table(info: dict, rows: list[dict]) -> str:
-    """Markdown: per length, each method's time, ratio to seqwin and useful GFLOP/s."""
-    lines = [f"{info['device']}, {info['dtype']}, H={info['heads']}, D={info['dim']}, "
-             f"matmul ceiling {info['matmul_gflops']:.0f} GFLOP/s; causal window sweep rows show ms "
-             "(x = time / seqwin time; GF = useful GFLOP/s; MB = extra peak memory)", ""]
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines.append("| sweep | N | window | mode | " + " | ".join(methods) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(methods))
-    groups: dict[tuple, dict] = {}
-    for r in rows:
-        groups.setdefault((r["sweep"], r["n"], r["window"], r["mode"]), {})[r["method"]] = r
-    for (sweep, n, window, mode), by_method in groups.items():
-        ours = by_method.get("seqwin", {}).get("ms")
-        cells = []
-        for m in methods:
-            r = by_method.get(m, {})
-            if "ms" not in r:
-                cells.append("—")
-                continue
-            ratio = f" ({r['ms'] / ours:.1f}x)" if ours and m != "seqwin" else ""
-            cells.append(f"{r['ms']:.1f} ms{ratio}, {r['useful_gflops']:.0f} GF, {r['peak_mb']:.0f} MB")
-        lines.append(f"| {sweep} | {n} | {window} | {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """Markdown tables: each method's time, ratio to seqwin's (x), useful GFLOP/s, extra peak memory."""
+    head = (f"{info['device']}, {info['dtype']}, D={info['dim']}, matmul ceiling {info['matmul_gflops']:.0f} "
+            "GFLOP/s. Cells: time (x = time / seqwin's time), useful GFLOP/s, extra peak MB")
+    parts = [head, ""]
+    for title, sweeps, baseline in (
+        (f"Sliding window (causal look-back), H={info['heads']}", ("length", "window"), "seqwin"),
+        (f"Routing, H={info.get('routing_heads', 4)}, c=sqrt(N) clusters (64 at N=4096/8192); dropped = "
+         "queries left with no output", ("routing",), "seqwin_routing"),
+    ):
+        sel = [r for r in rows if r["sweep"] in sweeps]
+        if not sel:
+            continue
+        methods = list(dict.fromkeys(r["method"] for r in sel))
+        parts += [f"**{title}**", "", "| sweep | N | window | mode | " + " | ".join(methods) + " |",
+                  "|---|---|---|---|" + "---|" * len(methods)]
+        groups: dict[tuple, dict] = {}
+        for r in sel:
+            groups.setdefault((r["sweep"], r["n"], r["window"], r["mode"]), {})[r["method"]] = r
+        for (sweep, n, window, mode), by_method in groups.items():
+            ours = by_method.get(baseline, {}).get("ms")
+            cells = []
+            for m in methods:
+                r = by_method.get(m, {})
+                if "ms" not in r:
+                    cells.append("—")
+                    continue
+                ratio = f" ({r['ms'] / ours:.1f}x)" if ours and m != baseline else ""
+                cell = f"{r['ms']:.1f} ms{ratio}, {r['useful_gflops']:.0f} GF, {r['peak_mb']:.0f} MB"
+                if "dropped" in r:
+                    cell += f", dropped {r['dropped']:.0%}"
+                cells.append(cell)
+            shown_window = window if sweep != "routing" else "-"
+            parts.append(f"| {sweep} | {n} | {shown_window} | {mode} | " + " | ".join(cells) + " |")
+        parts.append("")
+    slope = _routing_slope(rows)
+    if slope is not None:
+        parts.append(f"seqwin_routing forward+backward time vs N, log-log slope: {slope:.2f}")
+    return "\n".join(parts) + "\n"
+
+
+def _routing_slope(rows: list[dict]) -> float | None:
+    import numpy as np
+
+    pts = [(r["n"], r["ms"]) for r in rows
+           if r["sweep"] == "routing" and r["method"] == "seqwin_routing" and r["mode"] == "fwdbwd" and "ms" in r]
+    if len(pts) < 3:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])
 
 
 def _plot(info: dict, rows: list[dict], path: Path) -> None:
@@ -275,28 +375,26 @@ def _plot(info: dict, rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    for mode, ax in zip(("fwd", "fwdbwd"), axes[:2], strict=True):
-        for method in dict.fromkeys(r["method"] for r in rows):
-            pts = [(r["n"], r["ms"]) for r in rows if r["sweep"] == "length" and r["mode"] == mode
-                   and r["method"] == method and "ms" in r]
+    panels = [("length", "fwd", "ms", "window: fwd time vs N"), ("length", "fwdbwd", "ms", "window: fwd+bwd time"),
+              ("length", "fwdbwd", "peak_mb", "window: fwd+bwd extra peak MB"),
+              ("window", "fwdbwd", "ms", "window sweep: fwd+bwd time vs window"),
+              ("routing", "fwdbwd", "ms", "routing: fwd+bwd time vs N")]
+    panels = [p for p in panels if any(r["sweep"] == p[0] for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for (sweep, mode, field, title), ax in zip(panels, axes[0], strict=True):
+        for method in dict.fromkeys(r["method"] for r in rows if r["sweep"] == sweep):
+            xkey = "window" if sweep == "window" else "n"
+            pts = [(r[xkey], r[field]) for r in rows
+                   if r["sweep"] == sweep and r["mode"] == mode and r["method"] == method and "ms" in r]
             if pts:
                 ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
-        ax.set(title=f"{mode}: time vs N", xlabel="sequence length", ylabel="ms")
+        ax.set(title=title, xlabel="window" if sweep == "window" else "sequence length",
+               ylabel="MB" if field == "peak_mb" else "ms")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    ax = axes[2]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = [(r["n"], r["peak_mb"]) for r in rows if r["sweep"] == "length" and r["mode"] == "fwdbwd"
-               and r["method"] == method and "ms" in r]
-        if pts:
-            ax.loglog(*zip(*pts, strict=True), marker="o", label=method)
-    ax.set(title="fwd+bwd extra peak memory", xlabel="sequence length", ylabel="MB")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(f"{info['device']} {info['dtype']} H={info['heads']} D={info['dim']}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{info['device']} {info['dtype']} D={info['dim']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
