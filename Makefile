@@ -22,7 +22,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check seqwin kernels tests tools
 
+# Peers (lucidrains local-attention, routing-transformer) come from the optional `bench` extra.
 bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) tools/bench_attention.py --out bench_out
 
 clean:
