@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from seqwin.attention.lse import additive
 from seqwin.attention.reference import Window, window_mask
 
 
@@ -83,11 +84,6 @@ class BandPlan:
         mask = window_mask(q_pos, k_pos, self.window, dilation=self.dilation)
         k_ok = (k_pos >= self.num_sinks) & (k_pos < k_lens[rows][:, None])
         return mask & k_ok[:, None, :]
-
-
-def additive(mask: Tensor) -> Tensor:
-    """Boolean visibility -> additive float mask (0 where visible, -inf elsewhere)."""
-    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def default_chunk(left: int, right: int) -> int:

@@ -15,7 +15,8 @@ import math
 import torch
 from torch import Tensor
 
-from seqwin.attention.band_plan import BandPlan, additive, make_plan
+from seqwin.attention.band_plan import BandPlan, make_plan
+from seqwin.attention.lse import additive, merge
 from seqwin.attention.reference import Window, window_mask
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -77,16 +78,6 @@ def _sink_mask(plan: BandPlan, k_lens: Tensor, device: torch.device) -> Tensor:
     return right_only[None] & (k_pos[None, None, :] < k_lens[:, None, None])
 
 
-def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
-    """Merge two partial attentions (outputs (..., D) fp32, log-sum-exps (...,)) over disjoint key sets."""
-    m = torch.maximum(l1, l2)
-    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
-    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
-    total = w1 + w2
-    out = (o1 * w1[..., None] + o2 * w2[..., None]) / total.clamp_min(1e-30)[..., None]
-    return out, m + torch.log(total)
-
-
 class _BandAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan: BandPlan, q_lens: list[int], k_lens: list[int], scale: float):
@@ -125,7 +116,7 @@ class _BandAttention(torch.autograd.Function):
             o_s, l_s = _flash(q.transpose(1, 2), k[:, :s].transpose(1, 2), v[:, :s].transpose(1, 2), 0.0, False,
                               attn_mask=additive(smask).unsqueeze(1), scale=scale)
             l_s = l_s.masked_fill(~smask.any(-1)[:, None, :], float("-inf"))
-            merged, lse = _merge(out.float().transpose(1, 2), lse, o_s.float(), l_s)
+            merged, lse = merge(out.float().transpose(1, 2), lse, o_s.float(), l_s)
             out = merged.transpose(1, 2).to(q.dtype)
 
         q_ok = torch.arange(nq, device=device)[None, :] < torch.tensor(q_lens, device=device)[:, None]
