@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._sw_common import _dot, _key_blocks, _load_tile, _query_blocks, _seq_info, _visible
+from ._sw_common import _dot, _key_blocks, _load_tile, _program, _query_blocks, _seq_info, _visible
 
 
 @triton.jit
@@ -46,16 +46,15 @@ def _dq_block(dq, q, do, lse, delta, K_base, V_base, blk, offs_m, offs_n, offs_d
 
 @triton.jit
 def _sw_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DELTA, LENS_Q, LENS_K,
+    Q, K, V, O, DO, DQ, LSE, DELTA, LENS_Q, LENS_K, TABLE,
     sqb, sqm, sqh, sqd, skb, skn, skh, skd, svb, svn, svh, svd,
     sob, som, soh, sod, sdob, sdom, sdoh, sdod, sdqb, sdqm, sdqh, sdqd, slb, slh,
     N_Q, N_K, H, G, D, DV, left, right, num_sinks, dilation, qk_scale, scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CHECK_D: tl.constexpr, CHECK_DV: tl.constexpr, VARLEN: tl.constexpr, USE_DIL: tl.constexpr,
-    HAS_SINKS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_SINKS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, PACKED: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_m, pid_bh = _program(TABLE, PACKED)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // G
@@ -145,17 +144,16 @@ def _dkdv_block(dk, dv, k, v, Q_base, DO_base, LSE_base, DELTA_base, mb, kj, off
 
 @triton.jit
 def _sw_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV_, LSE, DELTA, LENS_Q, LENS_K, DKP, DVP,
+    Q, K, V, DO, DK, DV_, LSE, DELTA, LENS_Q, LENS_K, TABLE, DKP, DVP,
     sqb, sqm, sqh, sqd, skb, skn, skh, skd, svb, svn, svh, svd,
     sdob, sdom, sdoh, sdod, sdkb, sdkn, sdkh, sdkd, sdvb, sdvn, sdvh, sdvd, slb, slh,
     N_Q, N_K, HK, G, D, DV, left, right, num_sinks, dilation, qk_scale, scale, n_parts,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CHECK_D: tl.constexpr, CHECK_DV: tl.constexpr, VARLEN: tl.constexpr, USE_DIL: tl.constexpr,
     HAS_SINKS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
-    SINK_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+    SINK_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, PACKED: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_n, pid_bh = _program(TABLE, PACKED)  # PACKED launches never split the sinks (num_programs(1) below)
     b = pid_bh // HK
     hk = pid_bh % HK
     q_start, q_len, q_bound, k_start, k_len, k_bound, off = _seq_info(b, LENS_Q, LENS_K, N_Q, N_K, VARLEN)

@@ -15,6 +15,11 @@ Conventions used by every kernel (see ``seqwin.attention.reference`` for the sem
   pair. Each range is split in three: masked head, unmasked interior, masked tail. Interior blocks are those
   where every (row, key) pair is visible, so the hot loop runs without building a mask at all.
 * All integer divisions below have non-negative operands (C and Python disagree on negative ones).
+* Grid: by default axis 0 is the query (key) block and axis 1 the (sequence, head) pair, so a varlen launch
+  sizes axis 0 by the longest sequence. With ``PACKED`` the grid is 1-D and each program reads its (block,
+  sequence * heads + head) pair from a block table (``_sw_launch._block_table``): one program per real block
+  however skewed the lengths, and no 65535 limit on the number of sequences (routing attention packs one
+  sequence per (batch, head, cluster)).
 """
 
 from __future__ import annotations
@@ -48,6 +53,19 @@ def _load_tile(ptrs, ok_rows, ok_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.
         else:
             x = tl.load(ptrs)
     return x
+
+
+@triton.jit
+def _program(TABLE, PACKED: tl.constexpr):
+    """(block index inside its sequence, sequence * heads + head) of this program."""
+    if PACKED:
+        pid = tl.program_id(0)
+        blk = tl.load(TABLE + 2 * pid)
+        bh = tl.load(TABLE + 2 * pid + 1)
+    else:
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+    return blk, bh
 
 
 @triton.jit

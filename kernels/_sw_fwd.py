@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._sw_common import _dot, _key_blocks, _load_tile, _seq_info, _visible
+from ._sw_common import _dot, _key_blocks, _load_tile, _program, _seq_info, _visible
 
 
 @triton.jit
@@ -42,15 +42,14 @@ def _fwd_block(acc, m_i, l_i, q, K_base, V_base, blk, offs_m, offs_n, offs_d, of
 
 @triton.jit
 def _sw_fwd_kernel(
-    Q, K, V, O, LSE, LENS_Q, LENS_K,
+    Q, K, V, O, LSE, LENS_Q, LENS_K, TABLE,
     sqb, sqm, sqh, sqd, skb, skn, skh, skd, svb, svn, svh, svd, sob, som, soh, sod, slb, slh,
     N_Q, N_K, H, G, D, DV, left, right, num_sinks, dilation, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     CHECK_D: tl.constexpr, CHECK_DV: tl.constexpr, VARLEN: tl.constexpr, USE_DIL: tl.constexpr,
-    HAS_SINKS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_SINKS: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, PACKED: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_m, pid_bh = _program(TABLE, PACKED)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // G

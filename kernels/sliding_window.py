@@ -117,13 +117,18 @@ def triton_sliding_window_attention(
 def triton_sliding_window_attention_varlen(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, window: Window, *,
     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, num_sinks: int = 0, dilation: int = 1,
-    scale: float | None = None,
+    scale: float | None = None, packed_grid: bool = False,
 ) -> Tensor:
     """Packed variable-length form: q ``(total_q, heads, head_dim)``, k/v ``(total_k, kv_heads, head_dim)``.
 
     Sequence ``b`` owns query rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` and key rows ``cu_seqlens_k[b]:...``;
     windows are aligned bottom-right per sequence (``off = k_len_b - q_len_b``) and sinks are each sequence's
     first keys. Passing ``max_seqlen_*`` avoids a device-to-host sync.
+
+    ``packed_grid``: launch one program per actual block through a block table instead of a (blocks of the
+    longest sequence) x (sequences * heads) grid. For many sequences of skewed lengths (routing attention's
+    clusters) and for 65536 or more (sequence, head) pairs; ``max_seqlen_*`` then only steer the block-size
+    heuristics and the window's finite stand-in for "unbounded", so any upper bound will do.
     """
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or k.shape[:2] != v.shape[:2]:
         raise ValueError(f"expected (total, heads, dim) tensors, got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -138,12 +143,14 @@ def triton_sliding_window_attention_varlen(
         max_seqlen_k = int(cu_seqlens_k.diff().max()) if batch else 0
     if batch == 0 or max_seqlen_q == 0 or q.shape[1] == 0:
         return q.new_zeros(q.shape[:-1] + (v.shape[-1],))
-    _check_grid(batch, q.shape[1])
+    if not packed_grid:
+        _check_grid(batch, q.shape[1])
     left, right = _window(window, 2 * (max_seqlen_q + max_seqlen_k) + 1024)
     geo = Geometry(
         lens_q=cu_seqlens_q.to(device=q.device, dtype=torch.int32),
         lens_k=cu_seqlens_k.to(device=q.device, dtype=torch.int32),
         batch=batch, n_q=max_seqlen_q, n_k=max(max_seqlen_k, 1), left=left, right=right, num_sinks=num_sinks,
         dilation=dilation, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale), varlen=True,
+        packed=packed_grid,
     )
     return _SlidingWindowFn.apply(q, k, v, geo)

@@ -4,11 +4,8 @@ Without a GPU the kernels run in the Triton CPU interpreter (exact but slow), so
 blocks are 16 wide there, so lengths 37 and 70 still cross several block boundaries and exercise the masked
 head/tail and unmasked interior loops. With CUDA the same tests run the compiled kernels, plus a larger grid.
 
-The interpreter must be chosen before ``triton.language`` is first imported (its own ``@jit`` helpers such as
-``tl.zeros`` are bound then). Run alone, this module sets ``TRITON_INTERPRET=1`` before anything imports Triton and
-runs in-process. In a full-suite run Triton was usually imported earlier (torch._dynamo pulls it in), so the
-module instead re-runs itself in a fresh interpreter-mode subprocess (``test_interpreter_subprocess``); the rest
-of the suite's process is left untouched either way.
+See ``triton_interp`` for how the interpreter is set up: in-process when this module runs alone, a fresh
+interpreter-mode subprocess (``test_interpreter_subprocess``) inside a full suite.
 """
 
 from __future__ import annotations
@@ -21,34 +18,22 @@ from types import ModuleType
 
 import pytest
 import torch
-
-ON_GPU = torch.cuda.is_available()
-if not ON_GPU and "triton.language" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"  # nothing imported Triton yet: this process can host the interpreter
+from triton_interp import DEVICE, ON_GPU, rerun_in_interpreter, runs_here
 
 triton = pytest.importorskip("triton")
 import seqwin.kernels.sliding_window as _sw_module  # noqa: E402
 import triton.language as tl  # noqa: E402
 from seqwin.kernels._sw_common import _key_blocks, _query_blocks  # noqa: E402
-from seqwin.kernels._sw_launch import interpreting  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from seqwin.attention.reference import sliding_window_attention_reference, sliding_window_mask  # noqa: E402
 
-DEVICE = "cuda" if ON_GPU else "cpu"
-# The kernels can run here when there is a GPU, or when Triton (and our kernels) were created interpreted.
-RUN_HERE = ON_GPU or (isinstance(triton.language.zeros, InterpretedFunction) and interpreting())
+RUN_HERE = runs_here()
 
 
 @pytest.mark.skipif(RUN_HERE, reason="the kernel tests run in this process")
 def test_interpreter_subprocess():
     """Re-run this module in a fresh process with the interpreter on from the start."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-2000:]
+    rerun_in_interpreter(__file__)
 
 
 @pytest.fixture(scope="module")

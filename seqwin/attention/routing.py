@@ -45,6 +45,7 @@ from seqwin.attention.routing_kernels import (
     sorted_order,
 )
 from seqwin.attention.routing_kmeans import KMeansRouter, RouterOutput
+from seqwin.kernels import triton_available
 
 __all__ = ["KMeansRouter", "RouterOutput", "routing_attention", "routing_attention_reference", "routing_mask"]
 
@@ -136,7 +137,13 @@ def routing_attention(
         q_ids, k_ids = routed.ids[0], routed.ids[-1]
         group = group_size or default_group_size(nk, c)
 
-    if nq != nk:  # decoding: a few queries against the cache, masked dense rows
+    if q.is_cuda and triton_available():  # fused Triton path: permute by cluster, block-diagonal varlen kernels
+        from seqwin.kernels.routing import triton_routing_attention  # noqa: PLC0415 - Triton only on GPU
+
+        out = triton_routing_attention(q, k, v, q_ids, k_ids, causal=causal, num_clusters=c, window=window,
+                                       group_size=group, scale=scale)
+        dropped = torch.zeros((), dtype=torch.long)  # every valid query sees itself / its group's keys
+    elif nq != nk:  # decoding: a few queries against the cache, masked dense rows
         mask = routing_mask(q_ids, k_ids, causal=True, num_clusters=c, window=window)
         out = masked_attention_reference(q, k, v, mask, scale=scale)
         dropped = (~mask.any(-1)).sum()
