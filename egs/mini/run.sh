@@ -65,4 +65,205 @@ fi
 # and $data/text/{train,valid,test}.txt.
 # ---------------------------------------------------------------------------------------------------------
 
+# ---- wav2vec 2.0 with windowed attention (stages 4-8) -> exp/wav2vec2 ----------------------------------------
+# 4 seqwin train ssl (recipes/wav2vec2/ssl/mini.yaml): contrastive pretraining on the train split
+# 5 seqwin train asr (recipes/wav2vec2/asr/mini.yaml): CTC on letters, encoder initialized from stage 4
+#   (stages 4/5 are skipped once their model.pt exists; an interrupted run resumes from its checkpoints)
+# 6 seqwin eval asr on the test split, as trained (sliding window) and with the attention swapped to dense
+#   and to a narrow window (what `seqwin windowize` does), to show the WER change
+# 7 learning curves -> exp/wav2vec2/curves.png      8 the final table (also in exp/wav2vec2/report.txt)
+w2v_exp=exp/wav2vec2
+w2v_python="$(dirname "$seqwin")/python"
+[[ -x "$w2v_python" ]] || w2v_python=python3
+w2v_timed() {  # w2v_timed NAME CMD...: run CMD, append "NAME<TAB>seconds" to timings.tsv
+  local name=$1 start=$SECONDS
+  shift
+  "$@"
+  mkdir -p "$w2v_exp"
+  printf '%s\t%d\n' "$name" $((SECONDS - start)) >> "$w2v_exp/timings.tsv"
+}
+
+if run_stage 4; then
+  log 4 "wav2vec2 SSL pretraining -> $w2v_exp/ssl"
+  if [[ -f "$w2v_exp/ssl/model.pt" ]]; then
+    log 4 "$w2v_exp/ssl/model.pt exists; skipping (delete it to retrain)"
+  else
+    w2v_timed ssl "$seqwin" train ssl --config "$repo_root/recipes/wav2vec2/ssl/mini.yaml" \
+      --set "data.manifest_dir=$data/mini/manifests" "$w2v_exp/ssl"
+  fi
+fi
+
+if run_stage 5; then
+  log 5 "wav2vec2 CTC fine-tuning -> $w2v_exp/asr"
+  if [[ -f "$w2v_exp/asr/model.pt" ]]; then
+    log 5 "$w2v_exp/asr/model.pt exists; skipping (delete it to retrain)"
+  else
+    w2v_timed ctc "$seqwin" train asr --config "$repo_root/recipes/wav2vec2/asr/mini.yaml" \
+      --set "data.manifest_dir=$data/mini/manifests" --set "init.ssl_checkpoint=$w2v_exp/ssl/model.pt" \
+      "$w2v_exp/asr"
+  fi
+fi
+
+if run_stage 6; then
+  log 6 "wav2vec2 evaluation on $data/mini/manifests/test.tsv -> $w2v_exp/eval_*"
+  w2v_timed eval "$seqwin" eval asr --checkpoint "$w2v_exp/asr/model.pt" \
+    --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test"
+  "$seqwin" eval asr --checkpoint "$w2v_exp/asr/model.pt" --window full \
+    --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test_dense"
+  "$seqwin" eval asr --checkpoint "$w2v_exp/asr/model.pt" --window=4,4 \
+    --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test_window4"
+fi
+
+if run_stage 7; then
+  log 7 "wav2vec2 learning curves -> $w2v_exp/curves.png"
+  "$w2v_python" -m seqwin.recipes.wav2vec2.report --ssl "$w2v_exp/ssl" --asr "$w2v_exp/asr" \
+    --png "$w2v_exp/curves.png" > /dev/null
+fi
+
+if run_stage 8; then
+  log 8 "wav2vec2 results"
+  "$w2v_python" -m seqwin.recipes.wav2vec2.report --ssl "$w2v_exp/ssl" --asr "$w2v_exp/asr" \
+    --eval "$w2v_exp/eval_test" "$w2v_exp/eval_test_dense" "$w2v_exp/eval_test_window4" \
+    --timings "$w2v_exp/timings.tsv" | tee "$w2v_exp/report.txt"
+fi
+
+# ---- speech codec (stages 10-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec ------------
+# 10 seqwin train codec (recipes/codec/mini.yaml, ~6 min budget); skipped once exp/codec/codec.pt exists
+# 11 seqwin tokenize the test split -> exp/codec/tokens/test (codes/<id>.npy int16 (8, frames) + index)
+# 12 seqwin detokenize those codes -> exp/codec/detok/test/<id>.wav
+# 13 seqwin eval codec on the test split -> exp/codec/eval_test (metrics.json, index.html listening report);
+#    pocketsphinx WER runs on the first $codec_asr_utts utterances (CODEC_ASR_UTTS, default 20) to fit the budget
+# 14 table of the measured codec metrics
+codec_exp=exp/codec
+codec_asr_utts="${CODEC_ASR_UTTS:-20}"
+
+if run_stage 10; then
+  log 10 "train codec -> $codec_exp"
+  if [[ -f "$codec_exp/codec.pt" ]]; then
+    echo "$codec_exp: already trained (codec.pt exists; delete it to train on)"
+  else
+    "$seqwin" train codec --config "$repo_root/recipes/codec/mini.yaml" "$codec_exp" \
+      --set "data.manifest_dir=$data/mini/manifests"
+  fi
+fi
+
+if run_stage 11; then
+  log 11 "tokenize test -> $codec_exp/tokens/test"
+  "$seqwin" tokenize "$data/mini/manifests/test.tsv" -o "$codec_exp/tokens/test" --checkpoint "$codec_exp"
+fi
+
+if run_stage 12; then
+  log 12 "detokenize -> $codec_exp/detok/test"
+  "$seqwin" detokenize "$codec_exp/tokens/test" -o "$codec_exp/detok/test" --checkpoint "$codec_exp"
+fi
+
+if run_stage 13; then
+  log 13 "evaluate codec on test -> $codec_exp/eval_test (pocketsphinx on $codec_asr_utts utterances)"
+  "$seqwin" eval codec --checkpoint "$codec_exp" --data "$data/mini/manifests/test.tsv" \
+    -o "$codec_exp/eval_test" --asr-utterances "$codec_asr_utts"
+fi
+
+if run_stage 14; then
+  log 14 "codec metrics (mini test split)"
+  python3 - "$codec_exp" <<'PY'
+import json, sys
+exp = sys.argv[1]
+s = json.load(open(f"{exp}/eval_test/metrics.json"))["summary"]
+f = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"
+print(f"  utterances {s['utterances']} ({s['audio_seconds']:.0f} s)  bitrate {s['bitrate_bps']:.0f} bps")
+print(f"  PESQ {f(s['pesq'], 2)}  STOI {f(s['stoi'])}  mel distance {f(s['mel_distance'])}  "
+      f"SI-SNR {f(s['si_snr'], 1)} dB  codec RTF {f(s['codec_rtf'])}")
+print("  codebook usage " + " ".join(f"{u:.2f}" for u in s["codebook_usage"]))
+print(f"  pocketsphinx WER on {s['asr_utterances']} utterances: original {f(s['wer_original'])}, "
+      f"reconstructed {f(s['wer_reconstructed'])}")
+print(f"  listening report: {exp}/eval_test/index.html")
+PY
+fi
+
+# ---- language models (stages 20-23): tiny full / local / routing LMs on Shakespeare, equal steps; speech LM -
+# 20 SentencePiece tokenizer (1024 pieces) -> exp/lm/tokenizer
+# 21 seqwin train lm (recipes/lm/mini.yaml, 4096-token sequences) as full / local / routing, then
+#    seqwin eval lm on the test split at context 4096; prints the perplexities side by side
+# 22 seqwin generate from the routing LM (constant-memory caches); WindowKV loss vs budget on the full LM
+# 23 speech continuation: seqwin tokenize the mini corpus with the codec at $lm_codec_ckpt (set LM_CODEC_CKPT;
+#    skipped if absent), train the same LM on 2 RVQ levels of codes, continue a test prompt, seqwin detokenize
+lm_exp=exp/lm
+lm_codec_ckpt="${LM_CODEC_CKPT:-${codec_exp:-exp/codec}/codec.pt}"  # stage 10 output
+# One torch thread: these models are tiny, and with two threads a busy 2-core machine stalls in thread barriers
+# (measured: 1.4 s vs 4.9 s per 4096-token step under load); LM_THREADS=0 lets torch choose.
+lm_threads="${LM_THREADS:-1}"
+lm_variants=(full local routing)
+declare -A lm_attention=(
+  [full]='{default: {kind: full}}'
+  [local]='{default: {kind: local, window: [255, 0]}}'
+  [routing]=''   # recipes/lm/mini.yaml as written: local layers + local/routing heads in the top layer
+)
+
+if run_stage 20; then
+  log 20 "LM tokenizer -> $lm_exp/tokenizer"
+  if [[ -f "$lm_exp/tokenizer/tokenizer.json" ]]; then
+    echo "$lm_exp/tokenizer: already trained"
+  else
+    "$seqwin" train tokenizer "$lm_exp/tokenizer" --text "$data/text/train.txt" --vocab-size 1024 \
+      --max-sentences 60000
+  fi
+fi
+
+if run_stage 21; then
+  for v in "${lm_variants[@]}"; do
+    log 21 "train $v LM -> $lm_exp/$v"
+    sets=(--set "data.dir=$data/text" --set "tokenizer.model=$lm_exp/tokenizer")
+    [[ -n "${lm_attention[$v]}" ]] && sets+=(--set "model.attention=${lm_attention[$v]}")
+    "$seqwin" train lm --config "$repo_root/recipes/lm/mini.yaml" "$lm_exp/$v" "${sets[@]}" --threads "$lm_threads"
+    "$seqwin" eval lm "$lm_exp/$v" --split test --context 4096 --max-tokens 32768 --json "$lm_exp/$v/test.json" \
+      --threads "$lm_threads"
+  done
+  log 21 "test perplexity at context 4096 after equal steps:"
+  python3 - "$lm_exp" "${lm_variants[@]}" <<'PY'
+import json, sys
+exp, variants = sys.argv[1], sys.argv[2:]
+print(f"  {'model':<8} {'step':>5} {'tokens':>7} {'ppl/token':>10} {'bits/byte':>10} {'ppl/byte':>9}")
+for v in variants:
+    r = json.load(open(f"{exp}/{v}/test.json"))
+    print(f"  {v:<8} {r['step']:>5} {int(r['tokens']):>7} {r['ppl']:>10.2f} {r['bits_per_byte']:>10.3f}"
+          f" {r['byte_ppl']:>9.3f}")
+PY
+fi
+
+if run_stage 22; then
+  log 22 "sample from the routing LM"
+  "$seqwin" generate "$lm_exp/routing" --prompt "ROMEO:" --max-new-tokens 120 --temperature 0.8 --top-p 0.9 \
+    --threads "$lm_threads" --output "$lm_exp/routing/sample.txt"
+  log 22 "WindowKV on the full LM: held-out loss vs KV budget"
+  "$seqwin" eval lm "$lm_exp/full" --split test --windowkv 1,0.5,0.25,0.12 --prompt-len 2048 \
+    --continuation-len 256 --num-prompts 4 --threads "$lm_threads"
+fi
+
+if run_stage 23; then
+  if [[ ! -e "$lm_codec_ckpt" ]]; then
+    log 23 "no codec checkpoint at $lm_codec_ckpt (train the codec, or LM_CODEC_CKPT=...); skipping the speech LM"
+  else
+    for split in train dev test; do
+      if [[ -f "$lm_exp/codes/$split/index.json" ]]; then
+        echo "$lm_exp/codes/$split: already tokenized"
+      else
+        log 23 "codes of $split -> $lm_exp/codes/$split"
+        "$seqwin" tokenize "$data/mini/manifests/$split.tsv" -o "$lm_exp/codes/$split" \
+          --checkpoint "$lm_codec_ckpt" --num-quantizers 2 --threads "$lm_threads"
+      fi
+    done
+    log 23 "speech LM -> $lm_exp/speech"
+    "$seqwin" train lm --config "$repo_root/recipes/lm/mini_speech.yaml" "$lm_exp/speech" \
+      --set "data.dir=$lm_exp/codes" --threads "$lm_threads"
+    "$seqwin" eval lm "$lm_exp/speech" --split test --threads "$lm_threads"
+    prompt="$(python3 -c 'import json, sys; i = json.load(open(sys.argv[1] + "/index.json"))
+print(sys.argv[1] + "/" + max(i["utterances"], key=lambda u: u["num_frames"])["codes"])' "$lm_exp/codes/test")"
+    log 23 "continue the first 2 s of $prompt by 3 s, then decode to audio"
+    "$seqwin" generate "$lm_exp/speech" --prompt-codes "$prompt" --prompt-frames 100 --max-new-tokens 300 \
+      --temperature 0.9 --top-k 50 --threads "$lm_threads" --output "$lm_exp/speech/continuation.npy"
+    "$seqwin" detokenize "$lm_exp/speech/continuation.npy" -o "$lm_exp/speech/wav" --checkpoint "$lm_codec_ckpt"
+    echo "listen: $lm_exp/speech/wav/continuation.wav (2 s prompt + 3 s generated)"
+  fi
+fi
+
 log done "finished stages $stage..$stop_stage"

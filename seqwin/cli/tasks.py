@@ -13,9 +13,14 @@ import importlib
 TRAIN_TASKS: dict[str, tuple[str, str]] = {
     "lm": ("seqwin.recipes.lm.cli", "long-context language model (full/local/routing attention per layer)"),
     "tokenizer": ("seqwin.recipes.lm.tokenizer_cli", "SentencePiece (or byte-level) tokenizer for LMs"),
+    "ssl": ("seqwin.recipes.wav2vec2.ssl_cli", "wav2vec 2.0 self-supervised pretraining (windowed attention)"),
+    "asr": ("seqwin.recipes.wav2vec2.asr_cli", "wav2vec 2.0 CTC fine-tuning on letters"),
+    "codec": ("seqwin.recipes.codec.entry", "FuseCodec speech codec (GAN, RVQ 8x1024, teacher fusion/distillation)"),
 }
 EVAL_TASKS: dict[str, tuple[str, str]] = {
     "lm": ("seqwin.recipes.lm.cli", "LM perplexity per token and per byte, or WindowKV loss vs KV budget"),
+    "asr": ("seqwin.recipes.wav2vec2.asr_cli", "greedy CTC decoding, WER/CER per split"),
+    "codec": ("seqwin.recipes.codec.entry", "codec PESQ/STOI/mel/SI-SNR/codebook usage/pocketsphinx WER + HTML"),
 }
 
 

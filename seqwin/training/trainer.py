@@ -43,6 +43,9 @@ class TrainerConfig:
     max_steps: int = 1000
     max_seconds: float | None = None
     """Wall-clock budget: stop (with a checkpoint) when it runs out, even before ``max_steps``."""
+    anneal_by_time: bool = False
+    """With ``max_seconds``: the LR schedule follows steps or time, whichever is further along, so a run that
+    its time budget stops early still ends with a decayed LR. Single process only (ranks' clocks differ)."""
     lr: float = 5e-4
     min_lr_ratio: float = 0.05
     warmup_steps: int = 100
@@ -129,7 +132,9 @@ class Trainer:
         self.unit = unit
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self._clock: tuple[float, int] | None = None  # (fit start time, step at fit start) for anneal_by_time
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(self._schedule_step(s), cfg))
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_checkpoints)
         self.metrics = MetricWriter(self.out_dir, enabled=self.rank == 0)
         self.step = 0
@@ -141,6 +146,14 @@ class Trainer:
             from fairseq2.nn.ddp import to_ddp
 
             self.wrapped = to_ddp(self.model, self.gangs, find_unused_parameters=True)
+
+    def _schedule_step(self, step: int) -> int:
+        cfg = self.cfg
+        if not cfg.anneal_by_time or cfg.max_seconds is None or self._clock is None or self.world_size > 1:
+            return step
+        start, start_step = self._clock
+        done = min(1.0, (time.monotonic() - start) / cfg.max_seconds)
+        return max(step, int(start_step + (cfg.max_steps - start_step) * done))
 
     # -- state ---------------------------------------------------------------------------------------------
 
@@ -217,6 +230,7 @@ class Trainer:
                  "resuming" if resumed else "start", cfg.max_steps, self.out_dir)
         start = time.monotonic()
         start_step = self.step
+        self._clock = (start, start_step)
         window_loss, window_units, window_steps, window_t = 0.0, 0, 0, time.monotonic()
         valid: dict[str, float] = {}
         data = self._batches()

@@ -1,0 +1,250 @@
+"""Configs of the seqwin wav2vec 2.0 families: fairseq2's own model config + encoder attention + frontend.
+
+``SeqwinWav2Vec2Config`` (SSL) and ``SeqwinWav2Vec2AsrConfig`` (CTC) wrap fairseq2's ``Wav2Vec2Config`` /
+``Wav2Vec2AsrConfig`` unchanged, so every fairseq2 field (and fairseq1 checkpoints built from them) keeps its
+meaning, and add:
+
+- ``attention``: which SDPA each encoder layer uses -- ``full`` (fairseq2's dense ``TorchSDPA``, exactly what the
+  paper and fairseq1 checkpoints use), ``local`` (seqwin sliding window; one window or one per head),
+  ``routing`` or ``mixed`` (local + routing heads, ``seqwin.attention.routing_sdpa``). Windows count encoder
+  frames (20 ms each with the paper's conv frontend).
+- ``frontend``: ``conv`` (the paper's waveform CNN) or ``logmel`` (log-mel filterbanks stacked ``stack`` frames
+  at a time: a cheap feature encoder for CPU-sized models; the quantizer then discretizes stacked filterbanks).
+
+Presets: SSL ``tiny`` / ``base`` / ``large``; CTC ``tiny`` / ``base_10h`` / ``base_100h`` / ``large_10h`` /
+``large_100h``. ``base`` is the paper's Base (12 layers, 768 dim, 12 heads), ``large`` its Large (24, 1024, 16).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fairseq2.models.transformer import TransformerNormOrder
+from fairseq2.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2EncoderConfig
+from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
+
+from seqwin.attention.routing_sdpa import AttentionSpec, expand_attention_specs
+
+SSL_FAMILY = "seqwin_wav2vec2"
+ASR_FAMILY = "seqwin_wav2vec2_asr"
+Window = tuple[int, int]
+
+
+@dataclass(kw_only=True)
+class EncoderAttentionConfig:
+    """Attention of every encoder layer: ``default`` everywhere, ``top`` in the last ``num_top_layers`` layers,
+    then per-layer ``overrides`` (negative indices count from the top). ``head_windows`` gives a layer (by index)
+    one window per head; that layer's spec must be ``local``."""
+
+    default: AttentionSpec = field(default_factory=AttentionSpec)
+    top: AttentionSpec | None = None
+    num_top_layers: int = 0
+    overrides: dict[int, AttentionSpec] = field(default_factory=dict)
+    head_windows: dict[int, list[Window]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for spec in [self.default, self.top, *self.overrides.values()]:
+            if spec is not None and spec.causal:
+                raise ValueError("the wav2vec2 encoder is bidirectional: attention specs must not be causal")
+
+    def expand(self, num_layers: int, num_heads: int) -> list[LayerAttention]:
+        """One :class:`LayerAttention` per layer, with every cross-field check done here (config load time)."""
+        specs = expand_attention_specs(num_layers, self.default, top=self.top, num_top_layers=self.num_top_layers,
+                                       overrides=self.overrides)
+        head_windows: dict[int, list[Window]] = {}
+        for index, windows in self.head_windows.items():
+            if not -num_layers <= index < num_layers:
+                raise ValueError(f"head_windows: layer {index} out of range for {num_layers} layers")
+            if len(windows) != num_heads:
+                raise ValueError(f"head_windows[{index}]: {len(windows)} windows for {num_heads} heads")
+            head_windows[index % num_layers] = [tuple(int(x) for x in w) for w in windows]
+        layers = []
+        for i, spec in enumerate(specs):
+            spec.head_split(num_heads)  # raises for a mixed spec whose heads do not add up
+            if i in head_windows and spec.kind != "local":
+                raise ValueError(f"head_windows[{i}]: layer {i} is {spec.kind!r}, per-head windows need 'local'")
+            layers.append(LayerAttention(spec, head_windows.get(i)))
+        return layers
+
+    def describe(self, num_layers: int, num_heads: int) -> str:
+        """Short human-readable summary, e.g. ``6 x local(32,32)``."""
+        parts: list[str] = []
+        for layer in self.expand(num_layers, num_heads):
+            text = layer.describe()
+            if parts and parts[-1].split(" x ", 1)[1] == text:
+                count = int(parts[-1].split(" x ", 1)[0]) + 1
+                parts[-1] = f"{count} x {text}"
+            else:
+                parts.append(f"1 x {text}")
+        return " + ".join(parts)
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    spec: AttentionSpec
+    head_windows: list[Window] | None = None
+
+    def describe(self) -> str:
+        spec = self.spec
+        if spec.kind == "full":
+            return "full"
+        if spec.kind == "local":
+            if self.head_windows:
+                return "local[" + ",".join(f"({a},{b})" for a, b in self.head_windows) + "]"
+            return f"local({spec.window[0]},{spec.window[1]})"
+        if spec.kind == "routing":
+            return f"routing(c={spec.num_clusters})"
+        return f"mixed({spec.local_heads}x({spec.window[0]},{spec.window[1]})+{spec.routing_heads}xrouting)"
+
+
+@dataclass(kw_only=True)
+class FrontendConfig:
+    kind: Literal["conv", "logmel"] = "conv"
+    """``conv``: the paper's waveform CNN (``model.encoder_config.feature_extractor_layer_descs``)."""
+    num_mel_bins: int = 80
+    stack: int = 2
+    """``logmel``: consecutive 10 ms frames concatenated into one feature (2 -> 20 ms, like the conv frontend)."""
+
+    def validate(self) -> None:
+        if self.num_mel_bins < 8 or self.stack < 1:
+            raise ValueError(f"need num_mel_bins >= 8 and stack >= 1, got {self.num_mel_bins}, {self.stack}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.num_mel_bins * self.stack
+
+
+def _check_common(encoder: Wav2Vec2EncoderConfig, attention: EncoderAttentionConfig, frontend: FrontendConfig,
+                  prefix: str) -> None:
+    attention.validate()
+    frontend.validate()
+    if encoder.model_dim % encoder.num_encoder_attn_heads:
+        raise ValueError(f"{prefix}encoder_config.model_dim ({encoder.model_dim}) must be divisible by "
+                         f"num_encoder_attn_heads ({encoder.num_encoder_attn_heads})")
+    if encoder.use_conformer or encoder.pos_encoder_type == "relative":
+        if any(la.spec.kind != "full" for la in attention.expand(encoder.num_encoder_layers,
+                                                                  encoder.num_encoder_attn_heads)):
+            raise ValueError(f"{prefix}encoder_config: windowed/routing attention needs the transformer encoder "
+                             "with a conv or rotary position encoder (not conformer / relative)")
+    attention.expand(encoder.num_encoder_layers, encoder.num_encoder_attn_heads)
+    if frontend.kind == "logmel":
+        if encoder.use_fbank:
+            raise ValueError(f"{prefix}encoder_config.use_fbank: use frontend.kind=logmel instead")
+        if encoder.feature_dim != frontend.feature_dim:
+            raise ValueError(f"{prefix}encoder_config.feature_dim ({encoder.feature_dim}) must equal "
+                             f"frontend.num_mel_bins * frontend.stack ({frontend.feature_dim})")
+    elif encoder.feature_extractor_layer_descs[-1][0] != encoder.feature_dim:
+        raise ValueError(f"{prefix}encoder_config.feature_dim ({encoder.feature_dim}) must equal the last conv "
+                         f"layer's channels ({encoder.feature_extractor_layer_descs[-1][0]})")
+
+
+@dataclass(kw_only=True)
+class SeqwinWav2Vec2Config:
+    """wav2vec 2.0 SSL model (contrastive + diversity loss, masking, Gumbel quantizer)."""
+
+    model: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
+    attention: EncoderAttentionConfig = field(default_factory=EncoderAttentionConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+
+    def validate(self) -> None:
+        _check_common(self.model.encoder_config, self.attention, self.frontend, "model.")
+        if self.model.spatial_mask_span_len >= self.model.encoder_config.model_dim:
+            raise ValueError("model.spatial_mask_span_len must be < encoder_config.model_dim")
+
+
+@dataclass(kw_only=True)
+class SeqwinWav2Vec2AsrConfig:
+    """wav2vec 2.0 encoder + linear CTC head over letters (blank = index 0)."""
+
+    model: Wav2Vec2AsrConfig = field(default_factory=Wav2Vec2AsrConfig)
+    attention: EncoderAttentionConfig = field(default_factory=EncoderAttentionConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+
+    def validate(self) -> None:
+        _check_common(self.model.encoder_config, self.attention, self.frontend, "model.")
+        if self.model.target_vocab_size < 2:
+            raise ValueError("model.target_vocab_size must be >= 2 (blank + at least one symbol)")
+
+
+# ---- presets -------------------------------------------------------------------------------------------------
+
+
+def _tiny_encoder(**overrides: Any) -> Wav2Vec2EncoderConfig:
+    """CPU-sized encoder: log-mel frontend at 40 ms frames, 256 dim, 4 heads, pre-norm (trains faster than the
+    paper's post-norm at the high learning rates short CPU runs need); sliding window of +-32 frames (+-1.3 s)
+    in every layer, so each frame of a 73 s prompt attends to 65 frames instead of 1830."""
+    fields: dict[str, Any] = dict(
+        model_dim=256, feature_dim=320, max_seq_len=8192, num_encoder_layers=6, num_encoder_attn_heads=4,
+        ffn_inner_dim=1024, pos_conv_kernel_size=32, num_pos_conv_groups=16, dropout_p=0.1, attn_dropout_p=0.0,
+        layer_drop_p=0.0, feature_grad_scale=1.0, norm_order=TransformerNormOrder.PRE, layer_norm_features=False,
+    )
+    fields.update(overrides)
+    return Wav2Vec2EncoderConfig(**fields)
+
+
+def _tiny_frontend() -> FrontendConfig:
+    return FrontendConfig(kind="logmel", num_mel_bins=80, stack=4)
+
+
+def _tiny_attention() -> EncoderAttentionConfig:
+    return EncoderAttentionConfig(default=AttentionSpec(kind="local", window=(32, 32)))
+
+
+def ssl_presets() -> dict[str, SeqwinWav2Vec2Config]:
+    tiny = SeqwinWav2Vec2Config(
+        model=Wav2Vec2Config(
+            encoder_config=_tiny_encoder(), final_dim=128, quantized_dim=128, num_codebooks=2,
+            num_codebook_entries=64, num_distractors=25, temporal_mask_span_len=4, max_temporal_mask_prob=0.5,
+            spatial_mask_span_len=8, codebook_sampling_temperature=(2.0, 0.5, 0.995),
+        ),
+        attention=_tiny_attention(), frontend=_tiny_frontend(),
+    )
+    fs2 = {"base": Wav2Vec2Config()}
+    large = copy.deepcopy(fs2["base"])  # fairseq2's "large" arch, spelled out (its registry needs a container)
+    enc = large.encoder_config
+    enc.model_dim, enc.num_encoder_layers, enc.num_encoder_attn_heads, enc.ffn_inner_dim = 1024, 24, 16, 4096
+    enc.dropout_p, enc.layer_drop_p = 0.0, 0.2
+    large.quantized_dim = large.final_dim = 768
+    return {"tiny": tiny, "base": SeqwinWav2Vec2Config(model=fs2["base"]), "large": SeqwinWav2Vec2Config(model=large)}
+
+
+def asr_presets() -> dict[str, SeqwinWav2Vec2AsrConfig]:
+    tiny = SeqwinWav2Vec2AsrConfig(
+        model=Wav2Vec2AsrConfig(
+            encoder_config=_tiny_encoder(dropout_p=0.1, attn_dropout_p=0.0, ffn_inner_dropout_p=0.1),
+            target_vocab_size=32, final_dropout_p=0.1, temporal_mask_span_len=4, max_temporal_mask_prob=0.3,
+            spatial_mask_span_len=16, max_spatial_mask_prob=0.3,
+        ),
+        attention=_tiny_attention(), frontend=_tiny_frontend(),
+    )
+    base_10h = Wav2Vec2AsrConfig()
+    base_100h = copy.deepcopy(base_10h)
+    base_100h.encoder_config.layer_drop_p = 0.1
+    large_10h = copy.deepcopy(base_10h)
+    enc = large_10h.encoder_config
+    enc.model_dim, enc.num_encoder_layers, enc.num_encoder_attn_heads, enc.ffn_inner_dim = 1024, 24, 16, 4096
+    enc.layer_drop_p = 0.1
+    large_10h.max_temporal_mask_prob, large_10h.max_spatial_mask_prob = 0.80, 0.30
+    large_100h = copy.deepcopy(large_10h)
+    large_100h.max_temporal_mask_prob, large_100h.max_spatial_mask_prob = 0.53, 0.55
+    return {"tiny": tiny} | {
+        name: SeqwinWav2Vec2AsrConfig(model=cfg)
+        for name, cfg in [("base_10h", base_10h), ("base_100h", base_100h), ("large_10h", large_10h),
+                          ("large_100h", large_100h)]
+    }
+
+
+def asr_config_from_ssl(ssl: SeqwinWav2Vec2Config, base: SeqwinWav2Vec2AsrConfig) -> SeqwinWav2Vec2AsrConfig:
+    """A CTC config whose encoder matches an SSL model's shapes (so its weights load), keeping ``base``'s
+    fine-tuning regularization (dropouts, masking) and vocabulary."""
+    out = copy.deepcopy(base)
+    src, dst = ssl.model.encoder_config, out.model.encoder_config
+    keep = {k: getattr(dst, k) for k in ("dropout_p", "attn_dropout_p", "ffn_inner_dropout_p", "layer_drop_p",
+                                          "feature_grad_scale")}
+    out.model.encoder_config = copy.deepcopy(src)
+    for k, v in keep.items():
+        setattr(out.model.encoder_config, k, v)
+    out.frontend = copy.deepcopy(ssl.frontend)
+    return out

@@ -1,0 +1,167 @@
+"""Factories: fairseq2's wav2vec 2.0 factories with seqwin attention per encoder layer and an optional log-mel
+frontend. Everything else (feature CNN, conv position encoder, masker, quantizer, losses, CTC head) is fairseq2's
+code, so state dicts keep fairseq2's key names and fairseq1/fairseq2 checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+from fairseq2.models.feature_extractor import SequenceFeatureExtractor
+from fairseq2.models.transformer import (
+    SDPA,
+    IdentityBias,
+    MultiheadAttention,
+    RelativePositionalEncoding,
+    StandardMultiheadAttention,
+    TorchSDPA,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+from fairseq2.models.wav2vec2 import (
+    Wav2Vec2EncoderFactory,
+    Wav2Vec2Factory,
+    Wav2Vec2Frontend,
+    Wav2Vec2Masker,
+    Wav2Vec2Model,
+    Wav2Vec2VectorQuantizer,
+)
+from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrFactory, Wav2Vec2AsrModel
+from fairseq2.nn import RotaryEncoder, init_bert_projection
+from fairseq2.runtime.lazy import Lazy
+from torch import nn
+
+from seqwin.attention.routing_sdpa import RoutingSDPA
+from seqwin.attention.sdpa import SlidingWindowSDPA
+from seqwin.models.wav2vec2.config import (
+    EncoderAttentionConfig,
+    FrontendConfig,
+    LayerAttention,
+    SeqwinWav2Vec2AsrConfig,
+    SeqwinWav2Vec2Config,
+)
+from seqwin.models.wav2vec2.frontend import LogMelFeatureExtractor
+from seqwin.models.wav2vec2.masker import SeqwinMasker
+from seqwin.models.wav2vec2.quantizer import EagerGumbelQuantizer
+
+
+def create_layer_sdpa(layer: LayerAttention, num_heads: int, head_dim: int, dropout_p: float) -> SDPA:
+    """The SDPA for one encoder layer: dense ``TorchSDPA``, ``SlidingWindowSDPA`` or ``RoutingSDPA``."""
+    spec = layer.spec
+    if spec.kind == "full":
+        return TorchSDPA(IdentityBias(), dropout_p=dropout_p)
+    if spec.kind == "local":
+        return SlidingWindowSDPA(layer.head_windows or spec.window, dropout_p=dropout_p)
+    # Routing heads have no attention dropout: RoutingSDPA's kernels do not implement it.
+    return RoutingSDPA(spec, num_heads, head_dim)
+
+
+class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
+    """``Wav2Vec2EncoderFactory`` whose layer ``i`` attends as ``attention`` says for layer ``i``."""
+
+    def __init__(self, config, attention: EncoderAttentionConfig, frontend: FrontendConfig) -> None:
+        super().__init__(config)
+        self._layers = attention.expand(config.num_encoder_layers, config.num_encoder_attn_heads)
+        self._frontend = frontend
+        self._next_layer = 0
+
+    def create_feature_extractor(self) -> SequenceFeatureExtractor:
+        if self._frontend.kind == "logmel":
+            return LogMelFeatureExtractor(self._frontend.num_mel_bins, self._frontend.stack)
+        return super().create_feature_extractor()
+
+    def create_encoder(self) -> TransformerEncoder:
+        self._next_layer = 0
+        return super().create_encoder()
+
+    def create_encoder_layer(self, lazy_rel_pos_encoding: Lazy[RelativePositionalEncoding]) -> TransformerEncoderLayer:
+        layer = super().create_encoder_layer(lazy_rel_pos_encoding)
+        self._next_layer += 1
+        return layer
+
+    def create_self_attention(self, lazy_rel_pos_encoding: Lazy[RelativePositionalEncoding]) -> MultiheadAttention:
+        config = self._config
+        layer = self._layers[self._next_layer]
+        if layer.spec.kind == "full":  # exactly fairseq2's (relative-position SDPA for conformers included)
+            return super().create_self_attention(lazy_rel_pos_encoding)
+        head_dim = config.model_dim // config.num_encoder_attn_heads
+        pos_encoder = RotaryEncoder(head_dim, config.max_seq_len) if config.pos_encoder_type == "rotary" else None
+        sdpa = create_layer_sdpa(layer, config.num_encoder_attn_heads, head_dim, config.attn_dropout_p)
+        return StandardMultiheadAttention(
+            config.model_dim, config.num_encoder_attn_heads, sdpa, qkv_proj_init_fn=init_bert_projection,
+            pos_encoder=pos_encoder, output_proj_init_fn=init_bert_projection,
+        )
+
+
+def _masker(c, *, equal_counts: bool) -> SeqwinMasker:
+    return SeqwinMasker(c.encoder_config.model_dim, c.temporal_mask_span_len, c.max_temporal_mask_prob,
+                        c.min_num_temporal_mask_spans, c.spatial_mask_span_len, c.max_spatial_mask_prob,
+                        c.min_num_spatial_mask_spans, equal_counts=equal_counts)
+
+
+class _SslFactory(Wav2Vec2Factory):
+    def __init__(self, config: SeqwinWav2Vec2Config) -> None:
+        super().__init__(config.model)
+        self._encoders = SeqwinEncoderFactory(config.model.encoder_config, config.attention, config.frontend)
+
+    def create_encoder_frontend(self) -> Wav2Vec2Frontend:
+        return self._encoders.create_encoder_frontend()
+
+    def create_encoder(self) -> TransformerEncoder:
+        return self._encoders.create_encoder()
+
+    def create_masker(self) -> Wav2Vec2Masker:
+        return _masker(self._config, equal_counts=True)
+
+    def create_quantizer(self) -> Wav2Vec2VectorQuantizer:
+        c = self._config
+        return EagerGumbelQuantizer(c.encoder_config.feature_dim, c.quantized_dim, c.num_codebooks,
+                                    c.num_codebook_entries, c.codebook_sampling_temperature)
+
+
+class _AsrFactory(Wav2Vec2AsrFactory):
+    def __init__(self, config: SeqwinWav2Vec2AsrConfig) -> None:
+        super().__init__(config.model)
+        self._encoders = SeqwinEncoderFactory(config.model.encoder_config, config.attention, config.frontend)
+
+    def create_masker(self) -> Wav2Vec2Masker:
+        return _masker(self._config, equal_counts=False)
+
+    def create_encoder_frontend(self) -> Wav2Vec2Frontend:
+        return self._encoders.create_encoder_frontend()
+
+    def create_encoder(self) -> TransformerEncoder:
+        return self._encoders.create_encoder()
+
+
+def create_seqwin_wav2vec2_model(config: SeqwinWav2Vec2Config) -> Wav2Vec2Model:
+    config.validate()
+    return _SslFactory(config).create_model()
+
+
+def create_seqwin_wav2vec2_asr_model(config: SeqwinWav2Vec2AsrConfig) -> Wav2Vec2AsrModel:
+    config.validate()
+    return _AsrFactory(config).create_model()
+
+
+def set_encoder_attention(model: nn.Module, config: SeqwinWav2Vec2Config | SeqwinWav2Vec2AsrConfig,
+                          attention: EncoderAttentionConfig) -> int:
+    """Swap the SDPAs of an existing model's encoder layers to match ``attention`` (weights are untouched: the
+    projections are the same for every kind). Updates ``config.attention``; returns how many layers changed."""
+    enc = config.model.encoder_config
+    layers = attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
+    if enc.use_conformer or enc.pos_encoder_type == "relative":
+        if any(la.spec.kind != "full" for la in layers):
+            raise ValueError("windowed attention needs a transformer encoder with conv/rotary positions")
+    head_dim = enc.model_dim // enc.num_encoder_attn_heads
+    changed = 0
+    encoder_layers = list(model.encoder.layers)
+    if len(encoder_layers) != len(layers):
+        raise ValueError(f"model has {len(encoder_layers)} encoder layers, the attention config {len(layers)}")
+    old = config.attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
+    for module, new_layer, old_layer in zip(encoder_layers, layers, old, strict=True):
+        if new_layer == old_layer:
+            continue
+        module.self_attn.sdpa = create_layer_sdpa(new_layer, enc.num_encoder_attn_heads, head_dim,
+                                                  enc.attn_dropout_p)
+        changed += 1
+    config.attention = attention
+    return changed

@@ -1,0 +1,62 @@
+"""Log-mel feature extractor: waveforms -> normalized log-mel filterbanks, ``stack`` frames per encoder step.
+
+A drop-in ``SequenceFeatureExtractor`` for fairseq2's ``Wav2Vec2Frontend`` (so masking, quantization and the
+losses stay fairseq2's). It takes the same padded waveform batches as the conv frontend; filterbanks are computed
+in fp32 without gradients, only from windows that lie inside the utterance, and normalized per utterance over
+its own frames, so an utterance's features do not depend on how much its batch is padded.
+"""
+
+from __future__ import annotations
+
+import torch
+from fairseq2.models.feature_extractor import SequenceFeatureExtractor
+from fairseq2.nn import BatchLayout
+from torch import Tensor
+from torchaudio.transforms import MelSpectrogram
+
+SAMPLE_RATE = 16000
+HOP = 160  # 10 ms
+WIN = 400  # 25 ms
+
+
+class LogMelFeatureExtractor(SequenceFeatureExtractor):
+    def __init__(self, num_mel_bins: int, stack: int) -> None:
+        super().__init__()
+        self.num_mel_bins, self.stack = num_mel_bins, stack
+        self.mel = MelSpectrogram(SAMPLE_RATE, n_fft=WIN, win_length=WIN, hop_length=HOP, n_mels=num_mel_bins,
+                                  center=False, power=2.0)
+
+    @staticmethod
+    def mel_frames(num_samples: int) -> int:
+        """10 ms frames whose 25 ms window lies inside the audio: padding never reaches a valid frame."""
+        return max(0, (num_samples - WIN) // HOP + 1)
+
+    def frames(self, num_samples: int) -> int:
+        """Encoder steps for ``num_samples`` of audio."""
+        return self.mel_frames(num_samples) // self.stack
+
+    def forward(self, seqs: Tensor, seqs_layout: BatchLayout) -> tuple[Tensor, BatchLayout]:
+        if seqs_layout.packed:
+            raise ValueError("`seqs` must not be a packed batch.")
+        if seqs.ndim == 3:  # (N, S, 1) -> (N, S)
+            seqs = seqs.squeeze(2)
+        batch, num_samples = seqs.shape
+        lens = list(seqs_layout.seq_lens) if seqs_layout.padded else [num_samples] * batch
+        with torch.no_grad():
+            # (N, S) -> (N, M, F) -> (N, F, M)
+            feats = self.mel(seqs.float()).clamp_min(1e-10).log().transpose(1, 2)
+            num_frames = feats.shape[1]
+            frame_lens = torch.tensor([min(self.mel_frames(n), num_frames) for n in lens], device=feats.device)
+            valid = (torch.arange(num_frames, device=feats.device)[None, :] < frame_lens[:, None]).unsqueeze(-1)
+            count = frame_lens.clamp_min(1)[:, None, None]
+            mean = (feats * valid).sum(1, keepdim=True) / count
+            var = (((feats - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            feats = ((feats - mean) / (var + 1e-5).sqrt()) * valid
+            steps = num_frames // self.stack
+            # (N, F, M) -> (N, F / stack, stack * M)
+            feats = feats[:, : steps * self.stack].reshape(batch, steps, self.stack * self.num_mel_bins)
+        out_lens = [max(1, min(self.frames(n), steps)) for n in lens]
+        return feats.to(seqs.dtype), BatchLayout.of(feats, out_lens if seqs_layout.padded else None)
+
+    def extra_repr(self) -> str:
+        return f"num_mel_bins={self.num_mel_bins}, stack={self.stack}, hop_ms=10"

@@ -1,0 +1,1 @@
+"""Training recipes (Python side); their YAML configs live in the top-level recipes/ folder."""

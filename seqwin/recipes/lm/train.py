@@ -1,0 +1,171 @@
+"""``seqwin train lm``: train a long-context LM on packed sequences with the shared trainer.
+
+``OUT/`` receives ``config.yaml`` (the resolved config, vocabulary size included), the tokenizer
+(``tokenizer.json`` [+ ``tokenizer.model``]), token caches (``tokens/``), ``checkpoints/``, ``metrics.jsonl`` and
+``tb/``. Re-running the same command resumes; a changed model/tokenizer/data section is refused (use a new OUT).
+The loss is the mean next-token cross entropy plus the routing layers' commitment losses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from fairseq2.models.transformer_lm import TransformerLM
+from fairseq2.nn import BatchLayout
+from torch import Tensor
+
+from seqwin.attention.routing_sdpa import collect_aux_losses
+from seqwin.errors import UserError
+from seqwin.models.lm.factory import count_parameters, create_lm_model
+from seqwin.models.lm.tokenizer import (
+    ByteTokenizer,
+    CodeTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
+from seqwin.recipes.lm.config import LMRecipeConfig
+from seqwin.recipes.lm.data import PackedBatches, load_tokens, split_source
+from seqwin.recipes.lm.scoring import score_stream
+from seqwin.training import CheckpointManager, Trainer, load_config, to_yaml
+from seqwin.training.config import to_dict
+from seqwin.training.trainer import pick_device
+
+log = logging.getLogger("seqwin.lm")
+
+CONFIG_NAME = "config.yaml"
+_FROZEN_SECTIONS = ("model", "tokenizer", "data")
+
+
+def prepare_tokenizer(cfg: LMRecipeConfig, out: Path) -> Tokenizer:
+    """The tokenizer in ``out`` (kept if present), else copied from ``tokenizer.model`` or trained/created."""
+    tc = cfg.tokenizer
+    if (out / "tokenizer.json").exists():
+        return load_tokenizer(out)
+    if tc.model is not None:
+        tok = load_tokenizer(tc.model)
+        if tok.kind != tc.kind:
+            raise UserError(f"{tc.model}: holds a {tok.kind} tokenizer but tokenizer.kind is {tc.kind}")
+        for name in ("tokenizer.json", "tokenizer.model", "tokenizer.vocab"):
+            if (tc.model / name).exists():
+                shutil.copyfile(tc.model / name, out / name)
+        return load_tokenizer(out)
+    if tc.kind == "byte":
+        tok = ByteTokenizer()
+    elif tc.kind == "codes":
+        tok = CodeTokenizer(tc.codebooks, tc.codebook_size)
+    else:
+        source = split_source(cfg.data.dir, "train", cfg.data.format)
+        log.info("training a %d-piece SentencePiece %s model on %s", tc.vocab_size, tc.model_type, source)
+        return train_sentencepiece([source], out, vocab_size=tc.vocab_size, model_type=tc.model_type,
+                                   max_sentences=tc.max_sentences)
+    tok.save(out)
+    return tok
+
+
+def _resolve(cfg: LMRecipeConfig, tok: Tokenizer) -> LMRecipeConfig:
+    if cfg.model.vocab_size not in (0, tok.vocab_size):
+        raise UserError(f"model.vocab_size is {cfg.model.vocab_size} but the tokenizer has {tok.vocab_size} ids "
+                        "(leave it 0 to take the tokenizer's)")
+    return replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
+
+
+def _check_same_run(saved: Path, cfg: LMRecipeConfig) -> None:
+    old = to_dict(load_config(LMRecipeConfig, saved))
+    new = to_dict(cfg)
+    for section in _FROZEN_SECTIONS:
+        if old[section] != new[section]:
+            changed = sorted(k for k in set(old[section]) | set(new[section])
+                             if old[section].get(k) != new[section].get(k))
+            raise UserError(f"{saved.parent} was trained with a different {section} config "
+                            f"({', '.join(f'{section}.{k}' for k in changed)}); use a new output directory")
+
+
+def lm_loss(model: TransformerLM, batch: Tensor) -> tuple[Tensor, dict[str, float], int]:
+    """Mean next-token cross entropy (+ routing commitment) of a ``(batch, len + 1)`` token batch."""
+    batch = batch.to(next(model.parameters()).device)
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    ce = model(inputs, BatchLayout.of(inputs), targets, reduction="sum") / targets.numel()
+    aux = collect_aux_losses(model)
+    values = {"ce": ce.item()}
+    if aux is not None:
+        values["routing_aux"] = aux.item()
+        return ce + aux, values, targets.numel()
+    return ce, values, targets.numel()
+
+
+def run_train(cfg: LMRecipeConfig, out: Path) -> dict[str, float]:
+    out.mkdir(parents=True, exist_ok=True)
+    tok = prepare_tokenizer(cfg, out)
+    cfg = _resolve(cfg, tok)
+    saved = out / CONFIG_NAME
+    if saved.exists():
+        _check_same_run(saved, cfg)
+    saved.write_text(to_yaml(cfg))
+    train_tokens = load_tokens(cfg.data.dir, "train", cfg.data.format, tok, out)
+    valid_tokens = load_tokens(cfg.data.dir, cfg.data.valid_split, cfg.data.format, tok, out)
+    if cfg.data.valid_tokens:
+        valid_tokens = valid_tokens[: cfg.data.valid_tokens + 1]
+
+    torch.manual_seed(cfg.trainer.seed)  # the same initial weights for the same config
+    model = create_lm_model(cfg.model)
+    specs = ", ".join(f"{s.kind}" + (f"{s.window}" if s.kind in ("local", "mixed") else "")
+                      for s in cfg.model.layer_specs())
+    log.info("LM: %d parameters, %d layers [%s], vocab %d; train %d tokens, valid %d", count_parameters(model),
+             cfg.model.num_layers, specs, tok.vocab_size, train_tokens.size, valid_tokens.size)
+
+    trainer: Trainer | None = None
+
+    def batches(epoch: int, skip: int):
+        assert trainer is not None
+        packed = PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed,
+                               trainer.rank, trainer.world_size)
+        return packed(epoch, skip)
+
+    def valid(model: TransformerLM) -> dict[str, float]:
+        nll, count = score_stream(model, valid_tokens, context=cfg.data.seq_len, stride=cfg.data.seq_len,
+                                  batch_size=cfg.data.batch_size)
+        return {"loss": nll / count, "ppl": math.exp(nll / count), "tokens": float(count)}
+
+    trainer = Trainer(cfg.trainer, model, out, step_fn=lm_loss, batches=batches, valid_fn=valid, unit="tokens")
+    return trainer.fit()
+
+
+def load_trained(out: Path, *, checkpoint: Path | None = None, device: str = "auto",
+                 min_seq_len: int = 0) -> tuple[LMRecipeConfig, Tokenizer, TransformerLM, int]:
+    """``(config, tokenizer, model in eval mode, step)`` from a ``seqwin train lm`` directory. The rotary table is
+    extended to ``min_seq_len`` positions if the config's is shorter (it is not part of the weights)."""
+    saved = Path(out) / CONFIG_NAME
+    if not saved.exists():
+        raise UserError(f"{out}: no {CONFIG_NAME}; not a `seqwin train lm` output directory")
+    cfg = load_config(LMRecipeConfig, saved)
+    tok = load_tokenizer(out)
+    model_cfg = replace(cfg.model, max_seq_len=max(cfg.model.max_seq_len, min_seq_len))
+    model = create_lm_model(model_cfg)
+    if checkpoint is not None:
+        from seqwin.training.checkpoint import safe_load
+
+        if not Path(checkpoint).is_file():
+            raise UserError(f"{checkpoint}: no such checkpoint")
+        state = safe_load(Path(checkpoint))
+    else:
+        found = CheckpointManager(Path(out) / "checkpoints").load_latest()
+        if found is None:
+            raise UserError(f"{out}/checkpoints: no readable checkpoint (train first)")
+        state = found[1]
+    model.load_state_dict(state["model"])
+    model.to(pick_device(device)).eval()
+    return cfg, tok, model, int(state.get("step", 0))
+
+
+def num_bytes(tok: Tokenizer, ids: np.ndarray) -> int:
+    """UTF-8 bytes that ``ids`` decode to (0 for codes, which have no bytes)."""
+    if isinstance(tok, CodeTokenizer):
+        return 0
+    return len(tok.decode(ids.tolist()).encode("utf-8"))

@@ -1,0 +1,144 @@
+"""Pieces both wav2vec2 recipes share: the model and data sections of a recipe config, datasets, batch streams."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from fairseq2.data.data_pipeline import read_sequence
+
+from seqwin.data.errors import DataError
+from seqwin.data.pipeline import AudioBatch, AudioManifestDataset, AudioReaderConfig
+from seqwin.errors import UserError
+from seqwin.training.config import ConfigError, from_dict, to_dict
+
+log = logging.getLogger("seqwin.wav2vec2")
+C = TypeVar("C")
+
+
+@dataclass
+class ModelSection:
+    arch: str = "tiny"
+    """A preset (see ``seqwin.models.wav2vec2.config``)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Overrides on the preset, shaped like the model config, e.g. ``{attention: {default: {kind: full}}}``."""
+
+    def build(self, presets: dict[str, C], kls: type[C]) -> C:
+        if self.arch not in presets:
+            raise ConfigError(f"model.arch: unknown preset {self.arch!r} (choose from {', '.join(presets)})")
+        merged = _merge(to_dict(presets[self.arch]), self.config, "model.config")
+        return from_dict(kls, merged, "model.config")
+
+
+def _merge(base: Any, override: Any, key: str) -> Any:
+    if isinstance(override, dict):
+        if not isinstance(base, dict):
+            raise ConfigError(f"{key}: expected a value, got a mapping")
+        out = dict(base)
+        for k, v in override.items():
+            if k not in base:  # name the bad key now; from_dict would list the valid ones one level down
+                raise ConfigError(f"unknown config key {key}.{k} (valid keys here: {', '.join(sorted(base))})")
+            out[k] = _merge(base[k], v, f"{key}.{k}") if base[k] is not None else v
+        return out
+    return copy.deepcopy(override)
+
+
+@dataclass
+class DataConfig:
+    manifest_dir: Path = Path("data/mini/manifests")
+    train_split: str = "train"
+    valid_split: str | None = "dev"
+    max_num_frames: int = 400_000
+    """Padded samples per batch (batch size x longest utterance; 25 s at 16 kHz). An utterance longer than
+    this gets a batch of its own: nothing is cropped."""
+    max_batch_size: int | None = None
+    min_audio_len: int = 1_600
+    max_audio_len: int = 1_600_000
+    """Utterances outside [min_audio_len, max_audio_len] samples are skipped and counted."""
+    normalize: bool = False
+    """Per-utterance zero mean / unit variance waveforms (wav2vec 2.0 Large models were trained with it)."""
+    num_parallel_calls: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_num_frames < 1 or not 1 <= self.min_audio_len <= self.max_audio_len:
+            raise ValueError("need max_num_frames >= 1 and 1 <= min_audio_len <= max_audio_len")
+
+    def reader(self, target: str | None, *, shuffle: bool = True) -> AudioReaderConfig:
+        # The reader's budget must hold the longest utterance; batch_stream re-splits to max_num_frames.
+        return AudioReaderConfig(
+            max_num_frames=max(self.max_num_frames, self.max_audio_len), max_batch_size=self.max_batch_size,
+            min_audio_len=self.min_audio_len, max_audio_len=self.max_audio_len, target=target, shuffle=shuffle,
+            seed=self.seed, normalize=self.normalize, num_parallel_calls=self.num_parallel_calls,
+        )
+
+    def dataset(self, split: str, target: str | None, *, shuffle: bool = True) -> AudioManifestDataset:
+        tsv = self.manifest_dir / f"{split}.tsv"
+        if not tsv.is_file():
+            raise UserError(f"data: manifest {tsv} not found (data.manifest_dir={self.manifest_dir}, split "
+                            f"{split!r}; run `seqwin prepare librispeech` first)")
+        try:
+            return AudioManifestDataset(tsv, self.reader(target, shuffle=shuffle))
+        except DataError as exc:
+            raise UserError(str(exc)) from None
+
+
+def split_batches(batches: list[list[int]], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Cut each batch (indices in ascending length) so that ``size x longest <= budget``; an utterance longer
+    than ``budget`` stays, alone, in a batch of its own."""
+    out: list[list[int]] = []
+    for batch in batches:
+        current: list[int] = []
+        for i in batch:
+            if current and (len(current) + 1) * int(lengths[i]) > budget:
+                out.append(current)
+                current = []
+            current.append(i)
+        out.append(current)
+    return out
+
+
+def epoch_batches(dataset: AudioManifestDataset, epoch: int, budget: int | None = None) -> list[list[int]]:
+    batches = dataset.batches(epoch)
+    return batches if budget is None else split_batches(batches, dataset.lengths, budget)
+
+
+def batch_stream(dataset: AudioManifestDataset, epoch: int, skip: int, rank: int = 0, world_size: int = 1,
+                 budget: int | None = None) -> Iterator[AudioBatch]:
+    """This rank's batches of ``epoch`` after the first ``skip`` (the trainer's resume position), decoded in a
+    background fairseq2 pipeline. Skipped batches are never decoded."""
+    batches = epoch_batches(dataset, epoch, budget)
+    batches = batches[: len(batches) - len(batches) % world_size][rank::world_size][skip:]
+    if not batches:
+        return iter(())
+    builder = read_sequence(batches).map(dataset.load_batch, num_parallel_calls=dataset.config.num_parallel_calls)
+    return iter(builder.prefetch(2).and_return())
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def start_run(out_dir: Path, recipe_yaml: str, model_yaml: str) -> None:
+    """Write ``config.yaml`` (the recipe) and ``model.yaml`` (what ``load_model`` needs) into ``out_dir``.
+
+    Resuming (checkpoints present) with a different *model* is refused: the weights would not fit. Trainer or
+    data changes are allowed (e.g. a larger ``max_steps`` to continue a finished run)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / "model.yaml"
+    resuming = any((out_dir / "checkpoints").glob("step_*.pt"))
+    if resuming and model_path.exists() and model_path.read_text() != model_yaml:
+        raise UserError(f"{out_dir} holds checkpoints of another model ({model_path}); use a new output directory")
+    for name, text in (("config.yaml", recipe_yaml), ("model.yaml", model_yaml)):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)
+
+
+def audio_seconds(batch: AudioBatch, sample_rate: int = 16000) -> float:
+    return float(batch.seq_lens.sum()) / sample_rate

@@ -1,0 +1,141 @@
+"""GAN training through the shared trainer: discriminator state checkpointed in extra_state, exact resume,
+codebook-usage logging, export; and the shipped recipe configs load and build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_codec_util import tiny_codec_config, write_corpus
+
+from seqwin.models.codec import create_codec
+from seqwin.models.codec.discriminators import DiscriminatorConfig
+from seqwin.recipes.codec.checkpoint import load_codec
+from seqwin.recipes.codec.config import CodecRecipeConfig
+from seqwin.recipes.codec.train import GanStep, train_codec
+from seqwin.training import TrainerConfig, load_config
+from seqwin.training.checkpoint import safe_load
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "codec"
+
+
+def _recipe(manifests: Path, max_steps: int, variant: str = "distill") -> CodecRecipeConfig:
+    cfg = CodecRecipeConfig(
+        model=tiny_codec_config(variant=variant),
+        discriminator=DiscriminatorConfig(periods=(2, 3), mpd_channels=2, msd_scales=1, msd_channels=2,
+                                          stft_ffts=(256,), stft_channels=2, max_channels=8),
+        adversarial_start_step=2,
+        trainer=TrainerConfig(max_steps=max_steps, warmup_steps=1, lr=1e-3, log_every=1, checkpoint_every=2,
+                              device="cpu"),
+    )
+    cfg.mel.ffts, cfg.mel.n_mels = (256, 512), 32
+    cfg.data.manifest_dir, cfg.data.batch_size, cfg.data.segment_seconds = manifests, 2, 0.4
+    cfg.data.valid_split, cfg.data.valid_utterances = "train", 2
+    return cfg
+
+
+@pytest.mark.slow
+def test_gan_training_resumes_exactly(tmp_path, monkeypatch):
+    manifests = write_corpus(tmp_path / "corpus", count=4)
+    train_codec(_recipe(manifests, 4), tmp_path / "full")
+    real_step = GanStep.__call__
+    calls = {"n": 0}
+
+    def crashing(self, model, batch):  # killed during step 3, after the step-2 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, model, batch)
+
+    monkeypatch.setattr(GanStep, "__call__", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec(_recipe(manifests, 4), tmp_path / "part")
+    monkeypatch.setattr(GanStep, "__call__", real_step)
+    train_codec(_recipe(manifests, 4), tmp_path / "part")  # the same command again resumes from step 2
+    full = safe_load(tmp_path / "full" / "checkpoints" / "step_4.pt")
+    part = safe_load(tmp_path / "part" / "checkpoints" / "step_4.pt")
+    for key in ("model",):
+        for name, value in full[key].items():
+            torch.testing.assert_close(part[key][name], value, msg=name)
+    for name, value in full["extra"]["discriminator"].items():
+        torch.testing.assert_close(part["extra"]["discriminator"][name], value, msg=name)
+    assert full["extra"]["d_optimizer"]["state"]  # the discriminator's AdamW moments are checkpointed
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert "d_loss" not in train_rows[0] and train_rows[2]["d_loss"] > 0  # discriminators join at step 2
+    assert {"waveform", "mel", "commitment", "distill", "adversarial", "feature_matching"} <= set(train_rows[-1])
+    assert all(f"usage_q{i}" in train_rows[-1] for i in range(1, 5))
+    valid = [r for r in rows if r["split"] == "valid"][-1]
+    assert {"mel_distance", "si_snr", "usage_q1", "perplexity_q4"} <= set(valid)
+    model = load_codec(tmp_path / "full")  # the exported codec.pt
+    assert model.cfg == _recipe(manifests, 4).model and not model.training
+    from_step = load_codec(tmp_path / "full" / "checkpoints" / "step_4.pt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(from_step.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("variant", ["fusion", "context_align"])
+def test_variant_steps_use_the_teachers(tmp_path, variant):
+    from seqwin.models.codec.discriminators import create_discriminators
+    from seqwin.recipes.codec.data import SegmentDataset, read_split
+    from seqwin.recipes.codec.teacher_features import TeacherFeatures
+
+    manifests = write_corpus(tmp_path / "corpus", count=2)
+    cfg = _recipe(manifests, 2, variant=variant)
+    cfg.adversarial_start_step = 5  # reconstruction + teacher terms only
+    cfg.model.modality_dropout = 0.0  # keep both fusion branches so the gradient check is deterministic
+    torch.manual_seed(0)
+    model = create_codec(cfg.model)
+    disc = create_discriminators(cfg.discriminator)
+    d_opt = torch.optim.AdamW(disc.parameters())
+    step = GanStep(cfg, disc, d_opt, torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0),
+                   TeacherFeatures(cfg, tmp_path / "cache"), torch.device("cpu"), 2)
+    utts = read_split(manifests, "train", with_text=True)
+    batch = next(iter(SegmentDataset(utts, segment_samples=3200, hop=320, batch_size=2, sample_rate=16000,
+                                     seed=0).batches(0)))
+    loss, values, _ = step(model, batch)
+    loss.backward()
+    if variant == "fusion":  # the teachers' global vectors reach the latent through the cross-attention
+        assert "distill" not in values and model.fusion.context_in.weight.grad.abs().sum() > 0
+    else:
+        assert 0.31 < values["distill"] < 1.32 and model.teacher_proj.proj.weight.grad.abs().sum() > 0
+    assert "d_loss" not in values
+
+
+def test_discriminator_update_leaves_no_generator_side_effects(tmp_path):
+    from seqwin.recipes.codec.data import SegmentDataset, read_split
+    from seqwin.recipes.codec.teacher_features import TeacherFeatures
+    manifests = write_corpus(tmp_path / "corpus", count=2)
+    cfg = _recipe(manifests, 2, variant="none")
+    cfg.adversarial_start_step = 0
+    torch.manual_seed(0)
+    model = create_codec(cfg.model)
+    from seqwin.models.codec.discriminators import create_discriminators
+
+    disc = create_discriminators(cfg.discriminator)
+    d_opt = torch.optim.AdamW(disc.parameters(), lr=1e-3)
+    d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0)
+    step = GanStep(cfg, disc, d_opt, d_sched, TeacherFeatures(cfg, tmp_path / "cache"), torch.device("cpu"), 2)
+    utts = read_split(manifests, "train", with_text=True)
+    batch = next(iter(SegmentDataset(utts, segment_samples=3200, hop=320, batch_size=2, sample_rate=16000,
+                                     seed=0).batches(0)))
+    before = [p.detach().clone() for p in disc.parameters()]
+    loss, values, units = step(model, batch)
+    assert any(not torch.equal(b, p) for b, p in zip(before, disc.parameters(), strict=True))  # D was updated
+    assert all(p.grad is None for p in disc.parameters())  # ... and left no gradient behind
+    assert all(p.requires_grad for p in disc.parameters())
+    loss.backward()
+    assert all(p.grad is None for p in disc.parameters())  # the generator loss never reaches D's weights
+    assert values["d_loss"] > 0 and units == int(batch.seq_lens.sum())
+
+
+@pytest.mark.parametrize("name", ["mini", "fusecodec_librispeech"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CodecRecipeConfig, RECIPES / f"{name}.yaml")
+    assert cfg.model.hop_length == 320 and cfg.model.frame_rate == 50.0
+    assert (cfg.model.quantizer.num_quantizers, cfg.model.quantizer.codebook_size) == (8, 1024)
+    if name == "fusecodec_librispeech":
+        assert (cfg.model.latent_dim, cfg.model.channels, cfg.model.bottleneck) == (1024, 64, "lstm")
+        assert cfg.model.variant == "fusion" and cfg.model.teacher_dim == 768

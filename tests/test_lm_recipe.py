@@ -1,0 +1,204 @@
+"""LM recipes end to end on tiny data: tokenizers, packing, train/resume, eval, generate, the speech-code path."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from fairseq2.nn import BatchLayout
+
+from seqwin.cli import generate as generate_cli
+from seqwin.cli.main import main
+from seqwin.errors import UserError
+from seqwin.models.lm.tokenizer import ByteTokenizer, CodeTokenizer, load_tokenizer, train_sentencepiece
+from seqwin.recipes.lm.data import PackedBatches, eval_windows
+from seqwin.recipes.lm.scoring import score_stream
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: intra-op threads only add synchronization, which stalls badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+TEXT = "".join(f"Line {i}: to be, or not to be — that is the question {i % 7}.\n  Whether 'tis nobler\n\n"
+               for i in range(400))
+
+TINY = """
+model: {model_dim: 32, num_layers: 2, num_heads: 4, ffn_inner_dim: 64, max_seq_len: 4096,
+        attention: {default: {kind: local, window: [15, 0]},
+                    top: {kind: mixed, local_heads: 2, routing_heads: 2, window: [15, 0], num_clusters: 4,
+                          routing_window: 16},
+                    num_top_layers: 1}}
+tokenizer: {kind: %s, vocab_size: 320, codebooks: 2, codebook_size: 16}
+data: {dir: %s, format: %s, seq_len: 64, batch_size: 2, valid_tokens: 512}
+trainer: {max_steps: 4, warmup_steps: 1, lr: 0.003, checkpoint_every: 2, log_every: 2}
+"""
+
+
+def _text_corpus(tmp_path):
+    data = tmp_path / "text"
+    data.mkdir()
+    for split, n in (("train", 300), ("valid", 60), ("test", 60)):
+        (data / f"{split}.txt").write_text(TEXT[: n * 60] + "é✓\n", encoding="utf-8")
+    return data
+
+
+def _generate(argv):
+    parser = argparse.ArgumentParser()
+    generate_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["generate", *argv])
+    return args.func(args)
+
+
+def test_tokenizers_round_trip(tmp_path):
+    text = "Hello,  world\n\n  indented é✓ line\n"
+    byte = ByteTokenizer()
+    assert byte.decode(byte.encode(text)) == text
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    spm = train_sentencepiece([tmp_path / "t.txt"], tmp_path / "tok", vocab_size=320)
+    ids = spm.encode(text)
+    assert spm.decode(ids) == text  # lossless: whitespace kept, unseen characters as byte pieces
+    assert ids.count(spm.newline_idx) == 3 and max(ids) < spm.vocab_size
+    assert load_tokenizer(tmp_path / "tok").encode(text) == ids
+    codes = CodeTokenizer(2, 16)
+    arr = np.array([[1, 2, 3], [4, 5, 15], [9, 9, 9]])
+    flat = codes.encode_codes(arr)
+    assert flat.tolist() == [1, 20, 2, 21, 3, 31]
+    assert np.array_equal(codes.decode_codes([*flat.tolist(), codes.eos_idx, 5]), arr[:2])
+    assert codes.decode_codes([20, 1, 20, 2]).tolist() == [[1], [4]]  # realigns, drops the broken frame
+    with pytest.raises(ValueError, match="must lie in"):
+        codes.encode_codes(np.array([[0, 16], [0, 0]]))
+
+
+def test_packed_batches_are_deterministic_and_resumable():
+    tokens = np.arange(1000, dtype=np.int32)
+    packed = PackedBatches(tokens, seq_len=31, batch_size=4, seed=1)
+    epoch = list(packed(3, 0))
+    assert all(b.shape == (4, 32) for b in epoch)
+    assert all(torch.equal(b[:, 1:], b[:, :-1] + 1) for b in epoch)  # consecutive tokens
+    assert all(torch.equal(a, b) for a, b in zip(epoch[2:], packed(3, 2), strict=True))
+    assert not torch.equal(epoch[0], next(iter(packed(4, 0))))
+
+
+def test_eval_windows_score_each_token_once():
+    for n, context, stride in ((50, 8, 8), (50, 8, 3), (9, 16, 16), (100, 10, 1)):
+        scored = []
+        for begin, end, count in eval_windows(n, context, stride):
+            assert end - begin <= context and end <= n - 1
+            targets = list(range(begin + 1, end + 1))[-count:]
+            assert all(t - begin >= min(t, context - stride + 1) for t in targets)
+            scored += targets
+        assert scored == list(range(1, n))
+
+
+def test_score_stream_equals_one_forward():
+    from seqwin.models.lm import LMConfig, create_lm_model
+
+    torch.manual_seed(0)
+    model = create_lm_model(LMConfig(vocab_size=20, model_dim=16, num_layers=1, num_heads=2, ffn_inner_dim=32))
+    tokens = np.random.default_rng(0).integers(0, 20, 40)
+    nll, count = score_stream(model.eval(), tokens, context=64, stride=64)
+    x = torch.from_numpy(tokens)[None]
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(model(x[:, :-1], BatchLayout.of(x[:, :-1]))[0], x[0, 1:],
+                                                reduction="sum")
+    assert count == 39 and math.isclose(nll, ref.item(), rel_tol=1e-5)
+
+
+def test_train_resume_eval_generate_text(tmp_path, capsys):
+    data = _text_corpus(tmp_path)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY % ("byte", data, "text"))
+    out = tmp_path / "lm"
+    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2.pt", "step_4.pt"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4]
+    assert any("routing_aux" in r for r in rows) and rows[-1]["split"] == "valid"
+    capsys.readouterr()
+    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0  # resumes: nothing left to do
+    assert main(["train", "lm", "--config", str(cfg), str(out), "--set", "model.model_dim=48"]) == 2
+    assert "different model config (model.model_dim)" in capsys.readouterr().err
+
+    assert main(["eval", "lm", str(out), "--split", "test", "--context", "64", "--stride", "32",
+                 "--max-tokens", "600", "--batch-size", "8", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["tokens"] == 600 == res["bytes"]  # byte tokens: one per byte
+    assert math.isclose(res["bits_per_byte"], res["loss"] / math.log(2), rel_tol=1e-9)
+    assert 1 < res["ppl"] < 257
+    capsys.readouterr()
+
+    assert _generate([str(out), "--prompt", "Line 3:", "--max-new-tokens", "12", "--top-k", "5",
+                      "--output", str(tmp_path / "g.txt")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("Line 3:") and "12 new tokens" in printed
+    assert (tmp_path / "g.txt").read_text().startswith("Line 3:")
+    with pytest.raises(UserError, match="--prompt-codes is for code LMs"):
+        _generate([str(out), "--prompt-codes", str(tmp_path / "x.npy")])
+
+
+def test_windowkv_eval_table(tmp_path, capsys):
+    data = _text_corpus(tmp_path)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY % ("sentencepiece", data, "text"))
+    out = tmp_path / "lm"
+    assert main(["train", "lm", "--config", str(cfg), str(out), "--set",
+                 "model.attention={default: {kind: full}}", "--set", "trainer.max_steps=2"]) == 0
+    assert (out / "tokenizer.model").exists()
+    capsys.readouterr()
+    assert main(["eval", "lm", str(out), "--split", "valid", "--windowkv", "1,0.5,0.25", "--prompt-len", "256",
+                 "--continuation-len", "32", "--num-prompts", "2", "--window-size", "8", "--obs-window", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines if line.strip().endswith(tuple("0123456789")) and "%" in line]
+    assert [row[0] for row in table] == ["100%", "50%", "25%"]
+    assert [int(row[1]) for row in table] == [256, 128, 64]
+    assert float(table[0][4]) == 0.0
+
+
+def _codes_split(folder, n, rng, bad=True):
+    """A ``seqwin tokenize`` output (format seqwin-codes/1) with n utterances of 3 quantizers x 16 codes."""
+    (folder / "codes").mkdir(parents=True)
+    utts = []
+    for i in range(n):
+        np.save(folder / "codes" / f"u{i}.npy", rng.integers(0, 16, (3, 40 + i)).astype(np.int16))
+        utts.append({"id": f"u{i}", "codes": f"codes/u{i}.npy", "source": "-", "num_samples": 320 * (40 + i),
+                     "num_frames": 40 + i})
+    if bad:
+        np.save(folder / "codes" / "bad.npy", np.full((3, 10), 99, dtype=np.int16))
+        utts.append({"id": "bad", "codes": "codes/bad.npy", "source": "-", "num_samples": 3200, "num_frames": 10})
+    index = {"format": "seqwin-codes/1", "sample_rate": 16000, "hop_length": 320, "frame_rate": 50.0,
+             "num_quantizers": 3, "codebook_size": 16, "checkpoint": "-", "causal": True, "utterances": utts,
+             "skipped": []}
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def test_speech_code_lm(tmp_path, capsys):
+    codes = tmp_path / "codes"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("valid", 3), ("test", 3)):
+        _codes_split(codes / split, n, rng)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY % ("codes", codes, "codes"))
+    out = tmp_path / "speechlm"
+    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0
+    issues = (out / "issues.tsv").read_text()
+    assert "bad.npy" in issues and "must lie in [0, 16)" in issues
+    prompt = rng.integers(0, 16, (3, 9))
+    np.save(tmp_path / "prompt.npy", prompt)
+    assert _generate([str(out), "--prompt-codes", str(tmp_path / "prompt.npy"), "--prompt-frames", "5",
+                      "--max-new-tokens", "20", "--output", str(tmp_path / "cont.npy")]) == 0
+    generated = np.load(tmp_path / "cont.npy")
+    assert generated.shape[0] == 2 and generated.dtype == np.int16 and generated.max() < 16
+    assert np.array_equal(generated[:, :5], prompt[:2, :5]) and generated.shape[1] >= 5
+    assert main(["eval", "lm", str(out), "--split", "test"]) == 0
+    assert "per token" in capsys.readouterr().out
+    cfg.write_text((TINY % ("codes", codes, "codes")).replace("codebook_size: 16", "codebook_size: 32"))
+    assert main(["train", "lm", "--config", str(cfg), str(tmp_path / "other")]) == 2
+    assert "codebook_size is 16" in capsys.readouterr().err
