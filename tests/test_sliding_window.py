@@ -55,6 +55,19 @@ def test_gqa_sinks_dilation(window, backend):
     _compare(q, k, v, backend, window=window, seq_lens=[301, 77, 0], num_sinks=3, dilation=2)
 
 
+@pytest.mark.parametrize("window", [(64, 0), (20, 9)], ids=str)
+def test_backward_in_bounded_span_groups(window, monkeypatch):
+    """Long sequences run the fused backward over groups of chunks (memory flat in N); a tiny budget forces
+    groups of one or two chunks here, with padding and sinks, and gradients must not change."""
+    import seqwin.attention.cpu_band as cpu_band
+
+    monkeypatch.setattr(cpu_band, "_BWD_SPAN_BUDGET", 1)
+    q, k, v = _inputs(2, 700, 700, 4, 2, 16, torch.float32, seed=3)
+    _compare(q, k, v, "cpu", window=window, seq_lens=[700, 451], num_sinks=2)
+    monkeypatch.setattr(cpu_band, "_BWD_SPAN_BUDGET", 2 * 2 * 256 * 16)
+    _compare(q, k, v, "cpu", window=window, seq_lens=[700, 451])
+
+
 @pytest.mark.parametrize("backend", ["cpu", "blocked"])
 @pytest.mark.parametrize("nq", [1, 5, 64])
 def test_bottom_right_alignment(nq, backend):

@@ -342,3 +342,22 @@ def test_kneser_ney_arpa_is_normalized():
         total = sum(p(context, w) for w in vocab)
         assert abs(total - 1.0) < 1e-6, (context, total)
     assert p(("ENTER",), "YOUR") > p(("ENTER",), "HOLD")  # seen beats unseen
+
+
+class _Evil:  # a pickle that would run code when loaded by a plain unpickler
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_reader_runs_no_code_from_the_file(tmp_path):
+    from seqwin.models.wav2vec2.fairseq1 import plain, read_checkpoint
+
+    target = tmp_path / "created_by_pickle"
+    torch.save({"cfg": argparse.Namespace(model={"x": 1}), "evil": _Evil(str(target)), "w": torch.ones(2)},
+               tmp_path / "c.pt")
+    data = read_checkpoint(tmp_path / "c.pt")
+    assert not target.exists()
+    assert plain(data["cfg"]) == {"model": {"x": 1}} and torch.equal(data["w"], torch.ones(2))

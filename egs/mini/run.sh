@@ -70,9 +70,15 @@ fi
 # 5 seqwin train asr (recipes/wav2vec2/asr/mini.yaml): CTC on letters, encoder initialized from stage 4
 #   (stages 4/5 are skipped once their model.pt exists; an interrupted run resumes from its checkpoints)
 # 6 seqwin eval asr on the test split, as trained (sliding window) and with the attention swapped to dense
-#   and to a narrow window (what `seqwin windowize` does), to show the WER change
+#   and to a narrow window (what `seqwin windowize` does), to show the WER change; and beam search with a
+#   3-gram word LM estimated from the train transcripts (flashlight-text)
 # 7 learning curves -> exp/wav2vec2/curves.png      8 the final table (also in exp/wav2vec2/report.txt)
+# W2V_SSL_SET / W2V_ASR_SET: extra space-separated config overrides, e.g. W2V_ASR_SET="trainer.max_seconds=1200"
 w2v_exp=exp/wav2vec2
+w2v_ssl_set=()
+for kv in ${W2V_SSL_SET:-}; do w2v_ssl_set+=(--set "$kv"); done
+w2v_asr_set=()
+for kv in ${W2V_ASR_SET:-}; do w2v_asr_set+=(--set "$kv"); done
 w2v_python="$(dirname "$seqwin")/python"
 [[ -x "$w2v_python" ]] || w2v_python=python3
 w2v_timed() {  # w2v_timed NAME CMD...: run CMD, append "NAME<TAB>seconds" to timings.tsv
@@ -89,7 +95,7 @@ if run_stage 4; then
     log 4 "$w2v_exp/ssl/model.pt exists; skipping (delete it to retrain)"
   else
     w2v_timed ssl "$seqwin" train ssl --config "$repo_root/recipes/wav2vec2/ssl/mini.yaml" \
-      --set "data.manifest_dir=$data/mini/manifests" "$w2v_exp/ssl"
+      --set "data.manifest_dir=$data/mini/manifests" ${w2v_ssl_set[@]+"${w2v_ssl_set[@]}"} "$w2v_exp/ssl"
   fi
 fi
 
@@ -100,7 +106,7 @@ if run_stage 5; then
   else
     w2v_timed ctc "$seqwin" train asr --config "$repo_root/recipes/wav2vec2/asr/mini.yaml" \
       --set "data.manifest_dir=$data/mini/manifests" --set "init.ssl_checkpoint=$w2v_exp/ssl/model.pt" \
-      "$w2v_exp/asr"
+      ${w2v_asr_set[@]+"${w2v_asr_set[@]}"} "$w2v_exp/asr"
   fi
 fi
 
@@ -112,6 +118,8 @@ if run_stage 6; then
     --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test_dense"
   "$seqwin" eval asr --checkpoint "$w2v_exp/asr/model.pt" --window=4,4 \
     --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test_window4"
+  "$seqwin" eval asr --checkpoint "$w2v_exp/asr/model.pt" --lm "$data/mini/manifests/train.wrd" \
+    --data "$data/mini/manifests/test.tsv" "$w2v_exp/eval_test_lm"
 fi
 
 if run_stage 7; then
@@ -122,9 +130,9 @@ fi
 
 if run_stage 8; then
   log 8 "wav2vec2 results"
+  w2v_evals=("$w2v_exp/eval_test" "$w2v_exp/eval_test_lm" "$w2v_exp/eval_test_dense" "$w2v_exp/eval_test_window4")
   "$w2v_python" -m seqwin.recipes.wav2vec2.report --ssl "$w2v_exp/ssl" --asr "$w2v_exp/asr" \
-    --eval "$w2v_exp/eval_test" "$w2v_exp/eval_test_dense" "$w2v_exp/eval_test_window4" \
-    --timings "$w2v_exp/timings.tsv" | tee "$w2v_exp/report.txt"
+    --eval "${w2v_evals[@]}" --timings "$w2v_exp/timings.tsv" | tee "$w2v_exp/report.txt"
 fi
 
 # ---- speech codec (stages 10-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec ------------

@@ -24,6 +24,9 @@ _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
 # Edge chunks are batched into one call, but their masks are materialized: cap a batch at this many mask entries.
 _EDGE_MASK_BUDGET = 1 << 24
+# The fused backward returns key/value gradients per span (n, Hk, span, D), overlap included: cap the elements of
+# one call's span gradients so peak memory stays flat in N (64k tokens would otherwise hold ~1 GB of them).
+_BWD_SPAN_BUDGET = 1 << 23
 
 
 def _chunks(x: Tensor, plan: BandPlan) -> Tensor:
@@ -152,6 +155,8 @@ class _BandAttention(torch.autograd.Function):
         dk = torch.zeros(b, plan.k_len, hk, d, device=device)
         dv = torch.zeros_like(dk)
         pieces = plan.span // plan.chunk
+        step = max(1, _BWD_SPAN_BUDGET // (hk * plan.span * d))
+        interior = [(row, a, min(a + step, c1)) for row, c0, c1 in interior for a in range(c0, c1, step)]
         for row, c0, c1 in interior:
             n = c1 - c0
             ks, vs = _interior_spans(k, plan, row, c0, c1), _interior_spans(v, plan, row, c0, c1)

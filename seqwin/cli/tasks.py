@@ -19,7 +19,7 @@ TRAIN_TASKS: dict[str, tuple[str, str]] = {
 }
 EVAL_TASKS: dict[str, tuple[str, str]] = {
     "lm": ("seqwin.recipes.lm.cli", "LM perplexity per token and per byte, or WindowKV loss vs KV budget"),
-    "asr": ("seqwin.recipes.wav2vec2.asr_cli", "greedy CTC decoding, WER/CER per split"),
+    "asr": ("seqwin.recipes.wav2vec2.asr_cli", "wav2vec2 CTC decoding (greedy, or beam search + word LM), WER/CER"),
     "codec": ("seqwin.recipes.codec.entry", "codec PESQ/STOI/mel/SI-SNR/codebook usage/pocketsphinx WER + HTML"),
 }
 

@@ -65,7 +65,8 @@ class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
 
     def create_feature_extractor(self) -> SequenceFeatureExtractor:
         if self._frontend.kind == "logmel":
-            return LogMelFeatureExtractor(self._frontend.num_mel_bins, self._frontend.stack)
+            f = self._frontend
+            return LogMelFeatureExtractor(f.num_mel_bins, f.stack, f.time_stretch)
         return super().create_feature_extractor()
 
     def create_encoder(self) -> TransformerEncoder:

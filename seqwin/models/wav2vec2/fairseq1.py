@@ -33,19 +33,26 @@ _INERT_BUILTINS = {"set": set, "frozenset": frozenset, "object": object, "slice"
 
 
 class Opaque:
-    """Stand-in for a class the checkpoint names but we refuse to import: keeps constructor args and state."""
+    """Stand-in for a class the checkpoint names but we refuse to import: keeps constructor args and state.
+    Class-level defaults: pickle's NEWOBJ creates instances without calling ``__init__``."""
+
+    args: tuple = ()
+    state: Any = None
+    items: dict | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs, self.state, self.items = args, kwargs, None, {}
+        self.args = args
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:  # dict subclasses pickle their items this way
+        if self.items is None:
+            self.items = {}
         self.items[key] = value
 
     def append(self, value: Any) -> None:  # list subclasses
-        self.items[len(self.items)] = value
+        self[len(self.items or ())] = value
 
     def extend(self, values: Any) -> None:
         for value in values:

@@ -20,9 +20,9 @@ WIN = 400  # 25 ms
 
 
 class LogMelFeatureExtractor(SequenceFeatureExtractor):
-    def __init__(self, num_mel_bins: int, stack: int) -> None:
+    def __init__(self, num_mel_bins: int, stack: int, time_stretch: float = 0.0) -> None:
         super().__init__()
-        self.num_mel_bins, self.stack = num_mel_bins, stack
+        self.num_mel_bins, self.stack, self.time_stretch = num_mel_bins, stack, time_stretch
         self.mel = MelSpectrogram(SAMPLE_RATE, n_fft=WIN, win_length=WIN, hop_length=HOP, n_mels=num_mel_bins,
                                   center=False, power=2.0)
 
@@ -52,11 +52,28 @@ class LogMelFeatureExtractor(SequenceFeatureExtractor):
             mean = (feats * valid).sum(1, keepdim=True) / count
             var = (((feats - mean) * valid) ** 2).sum(1, keepdim=True) / count
             feats = ((feats - mean) / (var + 1e-5).sqrt()) * valid
-            steps = num_frames // self.stack
+            padded = seqs_layout.padded
+            if self.training and self.time_stretch > 0.0:
+                feats, frame_lens = self._stretch(feats, frame_lens)
+                padded = True
+            steps = feats.shape[1] // self.stack
             # (N, F, M) -> (N, F / stack, stack * M)
             feats = feats[:, : steps * self.stack].reshape(batch, steps, self.stack * self.num_mel_bins)
-        out_lens = [max(1, min(self.frames(n), steps)) for n in lens]
-        return feats.to(seqs.dtype), BatchLayout.of(feats, out_lens if seqs_layout.padded else None)
+        out_lens = [max(1, min(int(n) // self.stack, steps)) for n in frame_lens.tolist()]
+        return feats.to(seqs.dtype), BatchLayout.of(feats, out_lens if padded else None)
+
+    def _stretch(self, feats: Tensor, frame_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """Training augmentation: each utterance's frames resampled by a random factor in
+        ``[1 - time_stretch, 1 + time_stretch]`` (tempo change, like speed perturbation without the pitch)."""
+        factors = 1.0 + self.time_stretch * (2 * torch.rand(len(frame_lens)) - 1)
+        new_lens = [max(1, round(int(n) * float(f))) for n, f in zip(frame_lens, factors, strict=True)]
+        out = feats.new_zeros(len(new_lens), max(new_lens), feats.shape[2])
+        for i, (n, m) in enumerate(zip(frame_lens.tolist(), new_lens, strict=True)):
+            if n > 0:
+                # (F, M) -> (1, M, F) -> (1, M, F') -> (F', M)
+                row = feats[i, :n].T.unsqueeze(0)
+                out[i, :m] = torch.nn.functional.interpolate(row, size=m, mode="linear", align_corners=True)[0].T
+        return out, torch.tensor(new_lens, device=feats.device)
 
     def extra_repr(self) -> str:
-        return f"num_mel_bins={self.num_mel_bins}, stack={self.stack}, hop_ms=10"
+        return f"num_mel_bins={self.num_mel_bins}, stack={self.stack}, hop_ms=10, time_stretch={self.time_stretch}"

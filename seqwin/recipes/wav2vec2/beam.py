@@ -1,8 +1,8 @@
 """CTC beam search with a word n-gram LM: torchaudio's lexicon-constrained decoder on flashlight-text + KenLM.
 
-Optional: needs the PyPI package ``flashlight-text`` (0.0.7 installs here as a wheel; torchaudio's
-``ctc_decoder`` is built on it). The LM is an ARPA file, or a transcript file (``.wrd``/``.txt``) from which an
-interpolated Kneser-Ney model is estimated (:mod:`seqwin.recipes.wav2vec2.ngram`). The lexicon spells each LM
+Uses the PyPI package ``flashlight-text`` (a pinned dependency; torchaudio's ``ctc_decoder`` is built on it).
+The LM is an ARPA file, or a transcript file (``.wrd``/``.txt``) from which an interpolated Kneser-Ney model
+is estimated (:mod:`seqwin.recipes.wav2vec2.ngram`). The lexicon spells each LM
 word with the model's letters followed by the word boundary ``|``; words using letters the model lacks are
 left out (and counted).
 """

@@ -74,12 +74,12 @@ def table(ssl_dir: Path | None, asr_dir: Path | None, evals: list[Path], timings
         if valid:
             lines.append("CTC  dev CER by step: " + ", ".join(f"{r['step']}: {r['cer']:.1f}%" for r in valid))
     lines.append("")
-    lines.append(f"{'evaluation':<28} {'split':<8} {'utts':>5} {'WER %':>7} {'CER %':>7}  attention")
+    lines.append(f"{'evaluation':<20} {'split':<10} {'utts':>5} {'WER %':>7} {'CER %':>7}  {'decoding':<22} attention")
     for path in evals:
         summary = json.loads((path / "summary.json").read_text())
         for split, s in summary["splits"].items():
-            lines.append(f"{path.name:<28} {split:<8} {s['num_utts']:>5} {s['wer']:>7.2f} {s['cer']:>7.2f}  "
-                         f"{summary['attention']}")
+            lines.append(f"{path.name:<20} {split:<10} {s['num_utts']:>5} {s['wer']:>7.2f} {s['cer']:>7.2f}  "
+                         f"{summary.get('decoding', 'greedy'):<22} {summary['attention']}")
     if timings is not None and timings.is_file():
         lines.append("")
         rows = [line.split("\t") for line in timings.read_text().splitlines() if "\t" in line]
