@@ -71,3 +71,18 @@ def mini_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pytest.skip(f"cannot fetch the Asterisk packages: {exc}")
         raise
     return out
+
+
+# ---- LM fixtures (tests/test_lm_*.py, tests/test_windowkv.py; tiny models in tests/lm_helpers.py) ----
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add synchronization, which stalls badly on a busy machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch  # here: tests that never build a model do not pay for importing torch at collection
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fairseq2.nn import BatchLayout
+from lm_helpers import tiny_lm, tiny_lm_config
 
 from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig, collect_aux_losses
 from seqwin.models.lm import (
@@ -19,14 +20,7 @@ from seqwin.models.lm import (
 from seqwin.models.lm.decoding import StatefulRoutingSDPA, attention_layers, sample_next
 from seqwin.training import ConfigError, load_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add synchronization, which stalls badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOCAL = AttentionSpec(kind="local", window=(7, 0))
 MIXED = AttentionSpec(kind="mixed", local_heads=2, routing_heads=2, window=(7, 0), num_clusters=3, routing_window=5)
@@ -42,15 +36,7 @@ LAYOUTS = {
 
 
 def _model(layout: str, *, kv_heads: int | None = 2, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    cfg = LMConfig(vocab_size=41, model_dim=32, num_layers=3, num_heads=4, num_kv_heads=kv_heads, ffn_inner_dim=64,
-                   max_seq_len=512, attention=LAYOUTS[layout], **kw)
-    model = create_lm_model(cfg)
-    x = torch.randint(0, 41, (2, 50))
-    model.train()
-    model(x, BatchLayout.of(x))  # routing layers initialize (and move) their centroids on data
-    collect_aux_losses(model)
-    return model.eval()
+    return tiny_lm(LAYOUTS[layout], num_kv_heads=kv_heads, seed=seed, **kw)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -106,8 +92,7 @@ def test_routing_aux_loss_and_centroids_are_trained_and_saved():
     assert aux is not None and aux.requires_grad and 0 < aux.item() < 1e-2
     (loss + aux).backward()
     assert not torch.equal(model.state_dict()[key], start)  # EMA moved them (training forward)
-    clone = create_lm_model(LMConfig(vocab_size=41, model_dim=32, num_layers=3, num_heads=4, num_kv_heads=2,
-                                     ffn_inner_dim=64, max_seq_len=512, attention=LAYOUTS["mixed_top"]))
+    clone = create_lm_model(tiny_lm_config(LAYOUTS["mixed_top"]))
     clone.load_state_dict(model.state_dict())
     model.eval()
     clone.eval()
@@ -188,8 +173,7 @@ def test_fairseq2_family_registration(tmp_path):
     family = container.resolve(ModelFamily, key="seqwin_lm")
     assert {"mini", "rt_wikitext103", "rt_pg19"} <= family.get_archs()
     model = _model("mixed_top")
-    cfg = LMConfig(vocab_size=41, model_dim=32, num_layers=3, num_heads=4, num_kv_heads=2, ffn_inner_dim=64,
-                   max_seq_len=512, attention=LAYOUTS["mixed_top"])
+    cfg = tiny_lm_config(LAYOUTS["mixed_top"])
     atomic_save({"model": model.state_dict(), "step": 3}, tmp_path / "step_3.pt")  # a trainer checkpoint
     loaded = family.load_custom_model(tmp_path / "step_3.pt", cfg, create_fake_gangs(CPU), torch.float32,
                                       False, False, True).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -18,14 +19,7 @@ from seqwin.models.lm.tokenizer import ByteTokenizer, CodeTokenizer, load_tokeni
 from seqwin.recipes.lm.data import PackedBatches, eval_windows
 from seqwin.recipes.lm.scoring import score_stream
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: intra-op threads only add synchronization, which stalls badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "".join(f"Line {i}: to be, or not to be — that is the question {i % 7}.\n  Whether 'tis nobler\n\n"
                for i in range(400))
@@ -153,13 +147,41 @@ def test_windowkv_eval_table(tmp_path, capsys):
                  "model.attention={default: {kind: full}}", "--set", "trainer.max_steps=2"]) == 0
     assert (out / "tokenizer.model").exists()
     capsys.readouterr()
-    assert main(["eval", "lm", str(out), "--split", "valid", "--windowkv", "1,0.5,0.25", "--prompt-len", "256",
-                 "--continuation-len", "32", "--num-prompts", "2", "--window-size", "8", "--obs-window", "16"]) == 0
+    wkv = ["--prompt-len", "256", "--continuation-len", "32", "--num-prompts", "2", "--window-size", "8",
+           "--obs-window", "16"]
+    assert main(["eval", "lm", str(out), "--split", "valid", "--windowkv", "1,0.5,0.25", *wkv]) == 0
     lines = capsys.readouterr().out.splitlines()
     table = [line.split() for line in lines if line.strip().endswith(tuple("0123456789")) and "%" in line]
     assert [row[0] for row in table] == ["100%", "50%", "25%"]
-    assert [int(row[1]) for row in table] == [256, 128, 64]
-    assert float(table[0][4]) == 0.0
+    assert [row[1] for row in table] == ["256", "128", "64"]  # one group: both full layers (--share-layers 8)
+    assert float(table[0][5]) == 0.0
+
+    # per-group budgets: --share-layers 1 makes each of the 2 full layers a group; rows add to the sweep
+    assert main(["eval", "lm", str(out), "--split", "valid", "--windowkv", "1,0.5", "--kv-budget", "0.5,0.25",
+                 "--kv-budget", "1,0.25", "--share-layers", "1", "--json", str(tmp_path / "wkv.json"), *wkv]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [line.split() for line in lines if line.strip().endswith(tuple("0123456789")) and "%" in line]
+    assert [row[:3] for row in table] == [["100%", "256/256", "100.0%"], ["50%", "128/128", "50.0%"],
+                                          ["50%/25%", "128/64", "37.5%"], ["100%/25%", "256/64", "62.5%"]]
+    rows = json.loads((tmp_path / "wkv.json").read_text())
+    assert [r["budget"] for r in rows] == [1.0, 0.5, [0.5, 0.25], [1.0, 0.25]]
+    assert [r["kept"] for r in rows] == [[256, 256], [128, 128], [128, 64], [256, 64]]
+    assert rows[0]["loss"] != rows[2]["loss"]
+    # user mistakes: one line naming the option, exit code 2
+    assert main(["eval", "lm", str(out), "--split", "valid", "--kv-budget", "0.5,0.25,0.1", "--share-layers", "1",
+                 *wkv]) == 2
+    assert "--kv-budget: 3 budgets given, but 2 full-attention layers in groups of 1" in capsys.readouterr().err
+    assert main(["eval", "lm", str(out), "--split", "valid", "--kv-budget", "0.5,2", *wkv]) == 2
+    assert "--kv-budget: budgets must lie in (0, 1], got 2" in capsys.readouterr().err
+
+    assert _generate([str(out), "--prompt", "Line 3: to be, or not to be " * 8, "--max-new-tokens", "4",
+                      "--kv-budget", "0.5,0.25", "--share-layers", "1"]) == 0
+    info = capsys.readouterr().out.splitlines()[-1]
+    assert re.search(r"WindowKV kept \d+/\d+ of \d+ prompt keys per layer group", info), info
+    with pytest.raises(UserError, match="^--kv-budget: 2 budgets given, but 2 full-attention layers in groups of 8"):
+        _generate([str(out), "--prompt", "Line 3:", "--kv-budget", "0.5,0.25"])
+    with pytest.raises(UserError, match="^--kv-budget: expected a fraction"):
+        _generate([str(out), "--prompt", "Line 3:", "--windowkv-budget", "half"])  # the old name still works
 
 
 def _codes_split(folder, n, rng, bad=True):

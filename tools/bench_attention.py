@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from bench_common import reset_peak_rss, run_case, status_kb
 
 SWA_METHODS = ["seqwin", "flex", "dense_masked", "dense_causal", "local_attention"]
 ROUTING_METHODS = ["seqwin_routing", "seqwin_routing_causal", "seqwin_window", "dense", "lucidrains_routing"]
@@ -60,19 +60,6 @@ def _make_swa(method: str, n: int, window: int, device: str, dtype, heads: int, 
                               autopad=True, exact_windowsize=True, use_rotary_pos_emb=False).to(device)
         return lambda q, k, v: attn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     raise ValueError(method)
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> int:
-    """Reset the process's peak-RSS mark (Linux clear_refs 5) and return the current RSS in kB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kb("VmRSS")
 
 
 def _make_routing(method: str, n: int, clusters: int, device: str, heads: int, dim: int):
@@ -154,7 +141,7 @@ def _run_case(case: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _reset_peak_rss()
+        base = reset_peak_rss()
     t0 = time.perf_counter()
     step()  # warm-up (and compilation for flex)
     first = time.perf_counter() - t0
@@ -166,7 +153,7 @@ def _run_case(case: dict) -> dict:
     if device == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak_mb = (_status_kb("VmHWM") - base) / 1024
+        peak_mb = (status_kb("VmHWM") - base) / 1024
     if case["method"] in ROUTING_METHODS:
         keys = n * (n if case["method"] == "dense" else -(-n // case["clusters"]))
     else:
@@ -211,19 +198,6 @@ def _available(method: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def _spawn(case: dict, timeout: float) -> dict:
-    env = dict(os.environ)
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], capture_output=True,
-                              text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"over {timeout:.0f} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"skipped": f"failed: {last[:200]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -292,7 +266,7 @@ def main() -> None:
                 if key in too_slow:
                     res = {"skipped": f"slower than {args.max_ms:.0f} ms at a smaller size"}
                 else:
-                    res = _spawn(case, args.timeout)
+                    res = run_case(__file__, ["--worker", json.dumps(case)], args.timeout)
                     if res.get("ms", 0) > args.max_ms or "over" in res.get("skipped", ""):
                         too_slow.add(key)
                 rows.append({"sweep": sweep, **case, **res})

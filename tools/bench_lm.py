@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import run_case
 
 KINDS = ("full", "local", "routing")
 
@@ -124,18 +125,6 @@ def worker_decode(kind: str, lengths: list[int], device: str, threads: int) -> l
     return rows
 
 
-def _run(args: list[str], timeout: float) -> dict | list | None:
-    cmd = [sys.executable, __file__, *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return None
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _plot(train: list[dict], decode: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -214,22 +203,25 @@ def main() -> int:
     for kind in kinds:
         for ctx in contexts:
             t0 = time.perf_counter()
-            row = _run(["--worker", "train", "--kind", kind, "--context", str(ctx), *common],
-                       args.max_case_seconds)
-            if row is None:
-                print(f"train {kind} {ctx}: failed or over {args.max_case_seconds:.0f} s; skipping larger contexts")
+            row = run_case(__file__, ["--worker", "train", "--kind", kind, "--context", str(ctx), *common],
+                           args.max_case_seconds)
+            if "skipped" in row:
+                print(f"train {kind} {ctx}: {row['skipped']}; skipping larger contexts")
                 break
             train.append(row)
             print(f"train {kind:8s} context {ctx:6d}: {row['tokens_per_s']:8.0f} tok/s, peak {row['peak_mib']:7.1f} "
                   f"MiB ({time.perf_counter() - t0:.0f} s)", flush=True)
     decode: list[dict] = []
     for kind in kinds:
-        rows = _run(["--worker", "decode", "--kind", kind, "--decode-lengths", args.decode_lengths, *common],
-                    args.max_case_seconds * 4)
-        for r in rows or []:
+        rows = run_case(__file__, ["--worker", "decode", "--kind", kind, "--decode-lengths", args.decode_lengths,
+                                   *common], args.max_case_seconds * 4)
+        if isinstance(rows, dict):  # {"skipped": reason}
+            print(f"decode {kind}: {rows['skipped']}")
+            rows = []
+        for r in rows:
             print(f"decode {kind:8s} {r['generated']:6d} tokens: {r['tokens_per_s']:7.1f} tok/s, cache "
                   f"{r['cache_mib']:7.2f} MiB", flush=True)
-        decode += rows or []
+        decode += rows
     meta = {"device": args.device, "steps": args.steps, "threads": args.threads, "cpus": os.cpu_count(),
             "load_average_at_end": os.getloadavg(), "python": sys.version.split()[0]}
     (args.out / "lm_bench.json").write_text(json.dumps({"meta": meta, "train": train, "decode": decode}, indent=1))

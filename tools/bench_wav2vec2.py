@@ -21,21 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from bench_common import reset_peak_rss, run_case, status_kb
+
 KINDS = ["dense", "sliding", "routing"]
 WINDOWS = {"tiny": 32, "base": 128}
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _build(shape: str, kind: str):
@@ -86,30 +78,17 @@ def _run_case(case: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
-        base = _status_kb("VmRSS") * 1024
+        base = reset_peak_rss() * 1024
     times, cpu = [], []
     for _ in range(case["repeats"]):
         t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_kb("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_kb("VmHWM") * 1024
     frames = model.encoder_frontend.feature_extractor(wav, layout)[1].seq_lens[0]
     return {"step_s": min(times), "cpu_s": min(cpu), "peak_mb": (peak - base) / 2**20, "frames": int(frames),
             "threads": torch.get_num_threads()}
-
-
-def _spawn(case: dict, timeout: float, flags: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", json.dumps(case), *flags]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"over {timeout:.0f} s"}
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"skipped": f"failed: {last[:200]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _table(results: list[dict], metric: str) -> str:
@@ -190,7 +169,7 @@ def main() -> None:
             for kind in args.kinds:
                 case = {"shape": shape, "kind": kind, "seconds": seconds, "device": args.device,
                         "repeats": args.repeats}
-                result = {**case, **_spawn(case, args.timeout, worker_flags)}
+                result = {**case, **run_case(__file__, ["--worker", json.dumps(case), *worker_flags], args.timeout)}
                 results.append(result)
                 print(json.dumps(result), flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

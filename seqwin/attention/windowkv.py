@@ -6,12 +6,17 @@ key/value head, scores the key. The prompt before the observation window is cut 
 consecutive tokens (from position 0; the remainder joins the always-kept recent part), a window's score is the
 sum of its tokens' scores, and each key/value head keeps its top windows within a budget of ``budget * prompt_len``
 tokens, plus the recent part. Keeping whole windows rather than single tokens keeps local context intact (WindowKV,
-Zuo et al. 2025, after SnapKV's observation-window scoring). Consecutive full-attention layers are grouped
-(``share_layers``); the first layer of a group selects and the others reuse its indices, saving the scoring work.
+Zuo et al. 2025, after SnapKV's observation-window scoring).
+
+Layer groups: consecutive full-attention layers (counted among the full layers only, from the bottom) form groups
+of ``share_layers``; the first layer of a group scores and selects, the others reuse its positions, which saves the
+scoring work. ``budget`` is one fraction for every group or one per group (WindowKV allocates budgets per group,
+usually more to the lower layers); a group with budget 1.0 is left uncompressed.
 
 Kept keys still carry their rotary encoding, and new tokens keep absolute positions (from the state bag), so
-decoding after compression needs nothing special: the compressed cache is an ordinary growing fairseq2 cache.
-Every kept count is the same for all heads and layers, so caches stay rectangular.
+decoding after compression needs nothing special: the compressed cache is an ordinary growing fairseq2 cache. The
+kept count is the same for all heads and layers of a group, so caches stay rectangular; groups may differ, and
+:meth:`WindowKV.decode` then gives each layer its own causal mask (fairseq2 shares one per forward).
 
 :class:`WindowKV` ties this to a fairseq2 model: ``observe()`` captures the observation queries of the full layers
 during the prefill forward (forward pre-hooks on their SDPAs), ``compress(state_bag)`` then swaps those layers'
@@ -26,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from fairseq2.models.transformer.attention_bias import AttentionBiasCache
 from fairseq2.models.transformer.multihead_attention import AttentionState, FullAttentionState
 from fairseq2.nn import IncrementalStateBag
 from torch import Tensor, nn
@@ -33,18 +39,44 @@ from torch import Tensor, nn
 
 @dataclass(kw_only=True)
 class WindowKVConfig:
-    budget: float = 0.12
-    """Fraction of the prompt's keys kept per layer (1.0: no compression)."""
+    budget: float | list[float] = 0.12
+    """Fraction of the prompt's keys kept per full-attention layer (1.0: no compression): one for all layer groups,
+    or a list with one per group of ``share_layers`` full layers, bottom group first."""
     window_size: int = 8
     obs_window: int = 32
     share_layers: int = 8
-    """Consecutive full-attention layers that share one selection."""
+    """Consecutive full-attention layers that share one selection (and one budget)."""
+
+    def budgets(self) -> list[float]:
+        """The budget as given: one value (for all groups) or one per group."""
+        return list(self.budget) if isinstance(self.budget, (list, tuple)) else [self.budget]
 
     def validate(self) -> None:
-        if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        budgets = self.budgets()
+        if not budgets:
+            raise ValueError("budget needs at least one fraction")
+        bad = [b for b in budgets if not 0.0 < b <= 1.0]
+        if bad:
+            raise ValueError(f"budgets must be in (0, 1], got {bad[0]}")
         if self.window_size < 1 or self.obs_window < 1 or self.share_layers < 1:
             raise ValueError("window_size, obs_window and share_layers must be >= 1")
+
+    def num_groups(self, num_layers: int) -> int:
+        return math.ceil(num_layers / self.share_layers)
+
+    def group_budgets(self, num_layers: int) -> list[float]:
+        """Budget of each layer group for ``num_layers`` full-attention layers (a per-group list must match)."""
+        budgets, groups = self.budgets(), self.num_groups(num_layers)
+        if len(budgets) == 1 and not isinstance(self.budget, (list, tuple)):
+            return budgets * groups
+        if len(budgets) != groups:
+            raise ValueError(f"{len(budgets)} budgets given, but {num_layers} full-attention layers in groups of "
+                             f"{self.share_layers} make {groups} group{'s' if groups != 1 else ''}")
+        return budgets
+
+    @property
+    def compresses(self) -> bool:
+        return any(b < 1.0 for b in self.budgets())
 
 
 def observation_scores(q_obs: Tensor, k: Tensor, *, scale: float | None = None) -> Tensor:
@@ -64,19 +96,28 @@ def observation_scores(q_obs: Tensor, k: Tensor, *, scale: float | None = None) 
     return logits.softmax(-1).sum(dim=(2, 3))
 
 
-def kept_counts(seq_len: int, config: WindowKVConfig) -> tuple[int, int]:
-    """``(recent, num_windows)``: tokens always kept at the end and windows selected before them."""
+def _single_budget(config: WindowKVConfig, budget: float | None) -> float:
+    if budget is not None:
+        return budget
+    if isinstance(config.budget, (list, tuple)):
+        raise ValueError("per-group budgets: pass the group's budget")
+    return config.budget
+
+
+def kept_counts(seq_len: int, config: WindowKVConfig, budget: float | None = None) -> tuple[int, int]:
+    """``(recent, num_windows)``: tokens always kept at the end and windows selected before them, for ``budget``
+    (default: the config's single budget)."""
     obs = min(config.obs_window, seq_len)
     recent = obs + (seq_len - obs) % config.window_size
     candidates = (seq_len - recent) // config.window_size
-    budget = math.ceil(config.budget * seq_len)
-    return recent, max(0, min(candidates, (budget - recent) // config.window_size))
+    kept = math.ceil(_single_budget(config, budget) * seq_len)
+    return recent, max(0, min(candidates, (kept - recent) // config.window_size))
 
 
-def select_windows(scores: Tensor, config: WindowKVConfig) -> Tensor:
+def select_windows(scores: Tensor, config: WindowKVConfig, budget: float | None = None) -> Tensor:
     """Sorted kept positions ``(batch, kv_heads, kept)`` from per-key scores ``(batch, kv_heads, seq)``."""
     b, hk, n = scores.shape
-    recent, num_windows = kept_counts(n, config)
+    recent, num_windows = kept_counts(n, config, budget)
     w = config.window_size
     cand = (n - recent) // w
     recent_pos = torch.arange(n - recent, n, device=scores.device).expand(b, hk, recent)
@@ -94,11 +135,12 @@ def gather_kv(k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
     return k.gather(1, idx.expand(-1, -1, -1, k.shape[-1])), v.gather(1, idx.expand(-1, -1, -1, v.shape[-1]))
 
 
-def windowkv_reference(q_obs: Tensor, k: Tensor, config: WindowKVConfig) -> list[list[list[int]]]:
+def windowkv_reference(q_obs: Tensor, k: Tensor, config: WindowKVConfig,
+                       budget: float | None = None) -> list[list[list[int]]]:
     """Per (batch, kv head) kept positions, by plain loops over windows (the tests' reference)."""
     b, w, h, d = q_obs.shape
     n, hk = k.shape[1], k.shape[2]
-    recent, num_windows = kept_counts(n, config)
+    recent, num_windows = kept_counts(n, config, budget)
     out = []
     for bi in range(b):
         rows = []
@@ -119,22 +161,33 @@ def windowkv_reference(q_obs: Tensor, k: Tensor, config: WindowKVConfig) -> list
 
 class WindowKV:
     """WindowKV for the full-attention layers ``layers`` (fairseq2 ``MultiheadAttention`` modules with an
-    ``sdpa``), in model order. Use ``with wkv.observe(): model(prompt, state_bag=bag)`` then
-    ``wkv.compress(bag)``."""
+    ``sdpa``), in model order. Use ``with wkv.observe(): model(prompt, state_bag=bag)``, then ``wkv.compress(bag)``,
+    and run later forwards inside ``wkv.decode()``."""
 
     def __init__(self, layers: Sequence[nn.Module], config: WindowKVConfig) -> None:
         config.validate()
         self.layers, self.config = list(layers), config
-        self._queries: dict[int, Tensor] = {}
+        self.budgets = config.group_budgets(len(self.layers))  # checks a per-group list against the layers
+        self._queries: dict[int, tuple[Tensor, float | None]] = {}
+        self._lengths: list[int] = []
+
+    def group(self, layer: int) -> int:
+        """Layer group of the ``layer``-th full-attention layer."""
+        return layer // self.config.share_layers
 
     @contextmanager
     def observe(self) -> Iterator[None]:
         self._queries.clear()
         handles = []
         for i, attn in enumerate(self.layers):
+            if self.budgets[self.group(i)] >= 1.0 or i % self.config.share_layers:
+                continue  # only the leaders of compressed groups score
+
             def hook(module, args, i=i):  # SDPA args: q, q_layout, k, k_layout, v, bias_cache
                 q = args[0]
-                self._queries[i] = q[:, -min(self.config.obs_window, q.shape[1]) :].detach()
+                # the layer's own softmax scale, so that scores are its real attention (None: 1/sqrt(head_dim))
+                self._queries[i] = (q[:, -min(self.config.obs_window, q.shape[1]) :].detach(),
+                                    getattr(module, "scale", None))
 
             handles.append(attn.sdpa.register_forward_pre_hook(hook))
         try:
@@ -144,24 +197,50 @@ class WindowKV:
                 handle.remove()
 
     @torch.no_grad()
-    def compress(self, state_bag: IncrementalStateBag) -> int:
-        """Replace each observed layer's cache with its kept windows; returns the kept length per layer."""
-        if self.config.budget >= 1.0:
-            return -1
-        kept = -1
+    def compress(self, state_bag: IncrementalStateBag) -> list[int]:
+        """Replace each observed layer's cache with its kept windows; returns the kept prompt length per layer
+        group (a group with budget 1.0 keeps the whole prompt)."""
+        kept = [0] * len(self.budgets)
+        self._lengths = []
         positions = None
         for i, attn in enumerate(self.layers):
+            g = self.group(i)
             state = state_bag.maybe_get_state(attn, AttentionState)
-            if state is None or i not in self._queries:
+            if state is None:
                 raise RuntimeError("WindowKV.compress needs a prefill forward inside observe() first")
             k, v = state.get()
-            if i % self.config.share_layers == 0:  # group leader selects, the group reuses
-                positions = select_windows(observation_scores(self._queries[i], k), self.config)
-            assert positions is not None
-            k, v = gather_kv(k, v, positions)
-            kept = k.shape[1]
-            # Room for every later step when the bag preallocates (capacity_increment=None).
-            state_bag.set_state(attn, FullAttentionState(k, v, kept + state_bag.max_num_steps,
-                                                         state_bag.capacity_increment))
+            if self.budgets[g] < 1.0:
+                if i % self.config.share_layers == 0:  # group leader selects, the group reuses
+                    if i not in self._queries:
+                        raise RuntimeError("WindowKV.compress needs a prefill forward inside observe() first")
+                    q_obs, scale = self._queries[i]
+                    positions = select_windows(observation_scores(q_obs, k, scale=scale), self.config,
+                                               self.budgets[g])
+                assert positions is not None
+                k, v = gather_kv(k, v, positions)
+                # Room for every later step when the bag preallocates (capacity_increment=None).
+                state_bag.set_state(attn, FullAttentionState(k, v, k.shape[1] + state_bag.max_num_steps,
+                                                             state_bag.capacity_increment))
+            kept[g] = k.shape[1]
+            self._lengths.append(k.shape[1])
         self._queries.clear()
         return kept
+
+    @contextmanager
+    def decode(self) -> Iterator[None]:
+        """Context for the forwards after :meth:`compress`. fairseq2 builds one causal mask per forward and shares
+        it between layers (its bias cache is keyed by the bias alone); when groups kept different lengths a
+        chunk of several queries needs a mask per key length, so each full layer then gets a fresh bias cache."""
+        if len(set(self._lengths)) <= 1:
+            yield
+            return
+
+        def hook(module: nn.Module, args: tuple) -> tuple:  # SDPA args: q, q_layout, k, k_layout, v, bias_cache
+            return (*args[:5], AttentionBiasCache(), *args[6:])
+
+        handles = [attn.sdpa.register_forward_pre_hook(hook) for attn in self.layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

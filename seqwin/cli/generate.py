@@ -1,7 +1,7 @@
 """``seqwin generate OUT``: sample a continuation from a trained LM (text, or speech codes for code LMs).
 
 Decoding is incremental: sliding-window layers keep a ring buffer (constant memory), routing layers per-cluster
-rings, full layers a growing cache that ``--windowkv-budget`` compresses after the prompt.
+rings, full layers a growing cache that ``--kv-budget`` compresses after the prompt (WindowKV).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--windowkv-budget", type=float, default=1.0,
-                   help="fraction of the prompt's KV kept in full-attention layers (1: no compression)")
+    p.add_argument("--kv-budget", "--windowkv-budget", dest="kv_budget", default="1", metavar="B|B1,B2,...",
+                   help="WindowKV: fraction of the prompt's KV kept in full-attention layers (1: no compression), "
+                        "or one per layer group of --share-layers layers, bottom first, e.g. 0.75,0.5,0.25")
+    p.add_argument("--share-layers", type=int, default=8,
+                   help="WindowKV layer group size: consecutive full-attention layers sharing one selection")
     p.add_argument("--output", type=Path,
                    help="write the text here (code LMs: prompt + continuation codes as .npy, for seqwin detokenize)")
     p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the newest in OUT)")

@@ -244,8 +244,12 @@ class Decoder:
         self.model = model
         self.bag = IncrementalStateBag(max_len + 1, capacity_increment=capacity_increment)
         full = [attn for kind, attn in attention_layers(model) if kind == "full"]
-        self.windowkv = WindowKV(full, windowkv) if windowkv is not None and windowkv.budget < 1.0 else None
-        self.kept = -1
+        if windowkv is not None:  # checked even when nothing compresses: a bad budget is still a mistake
+            windowkv.validate()
+            windowkv.group_budgets(len(full))  # a per-group list must match the model's layer groups
+        self.windowkv = WindowKV(full, windowkv) if windowkv is not None and windowkv.compresses else None
+        self.kept: list[int] = []
+        """WindowKV: prompt keys kept per full-layer group after prefill (empty: not compressed)."""
 
     @torch.no_grad()
     def forward(self, ids: Tensor) -> Tensor:
@@ -256,6 +260,9 @@ class Decoder:
             with self.windowkv.observe():
                 logits = self.model(ids, BatchLayout.of(ids), state_bag=self.bag)
             self.kept = self.windowkv.compress(self.bag)
+        elif self.windowkv is not None:
+            with self.windowkv.decode():
+                logits = self.model(ids, BatchLayout.of(ids), state_bag=self.bag)
         else:
             logits = self.model(ids, BatchLayout.of(ids), state_bag=self.bag)
         self.bag.increment_step_nr(ids.shape[1])
@@ -273,8 +280,8 @@ class GenerationResult:
     decode_seconds: float
     cache_bytes: int
     """Incremental state after the last step."""
-    kept: int
-    """WindowKV: prompt keys kept per full layer (-1: not compressed)."""
+    kept: list[int]
+    """WindowKV: prompt keys kept per full-layer group (empty: not compressed)."""
 
     @property
     def tokens_per_second(self) -> float:

@@ -66,13 +66,18 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     _add_threads(parser)
     wkv = parser.add_argument_group("WindowKV experiment (loss vs KV budget of the full-attention layers)")
     wkv.add_argument("--windowkv", type=_floats, metavar="B1,B2,...",
-                     help="budgets to compare, e.g. 1,0.5,0.25,0.12 (replaces the perplexity evaluation)")
+                     help="budgets to compare, one per row and the same for every layer group, e.g. 1,0.5,0.25,0.12 "
+                          "(replaces the perplexity evaluation)")
+    wkv.add_argument("--kv-budget", action="append", default=[], metavar="B|B1,B2,...",
+                     help="one more row: a budget, or one per layer group of --share-layers full layers (bottom "
+                          "first), e.g. 0.75,0.5,0.25 (repeatable; runs the WindowKV experiment)")
     wkv.add_argument("--prompt-len", type=int, default=2048)
     wkv.add_argument("--continuation-len", type=int, default=256)
     wkv.add_argument("--num-prompts", type=int, default=4)
     wkv.add_argument("--window-size", type=int, default=8)
     wkv.add_argument("--obs-window", type=int, default=32)
-    wkv.add_argument("--share-layers", type=int, default=8)
+    wkv.add_argument("--share-layers", type=int, default=8,
+                     help="layer group size: consecutive full-attention layers sharing one selection and budget")
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ import json
 import math
 import time
 
-from seqwin.attention.windowkv import WindowKVConfig
 from seqwin.errors import UserError
 from seqwin.models.lm.decoding import attention_layers
 from seqwin.recipes.lm.data import load_tokens
+from seqwin.recipes.lm.kv_budget import parse_kv_budget, windowkv_config
 from seqwin.recipes.lm.scoring import score_stream, windowkv_loss_table
 from seqwin.recipes.lm.train import load_trained, num_bytes
 
@@ -29,7 +29,7 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0")
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
-    if args.windowkv is not None:
+    if args.windowkv is not None or args.kv_budget:
         return _run_windowkv(args)
     cfg, tok, model, step = load_trained(args.out, checkpoint=args.checkpoint, device=args.device,
                                          min_seq_len=args.context)
@@ -59,21 +59,24 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_windowkv(args: argparse.Namespace) -> int:
-    budgets = args.windowkv
-    if not budgets or any(not 0 < b <= 1 for b in budgets):
+    # rows: --windowkv's uniform budgets, then each --kv-budget (one fraction or one per layer group)
+    budgets: list[float | list[float]] = list(args.windowkv or [])
+    if args.windowkv is not None and (not budgets or any(not 0 < b <= 1 for b in budgets)):
         raise UserError(f"--windowkv budgets must lie in (0, 1], got {budgets}")
+    budgets += [parse_kv_budget(text) for text in args.kv_budget or []]
     total = args.prompt_len + args.continuation_len
     cfg, tok, model, step = load_trained(args.out, checkpoint=args.checkpoint, device=args.device,
                                          min_seq_len=total)
     kinds = [kind for kind, _ in attention_layers(model)]
     if "full" not in kinds:
         raise UserError(f"{args.out}: the model has no full-attention layer for WindowKV to compress ({kinds})")
-    try:
-        wkv = WindowKVConfig(window_size=args.window_size, obs_window=args.obs_window,
-                             share_layers=args.share_layers)
-        wkv.validate()
-    except ValueError as exc:
-        raise UserError(f"WindowKV: {exc}") from None
+    num_full = kinds.count("full")
+    # every row's budget is checked against the model's layer groups before any decoding starts
+    num_swept = len(args.windowkv or [])
+    wkv = [windowkv_config(budget, num_full_layers=num_full, window_size=args.window_size,
+                           obs_window=args.obs_window, share_layers=args.share_layers,
+                           option="--windowkv" if i < num_swept else "--kv-budget")
+           for i, budget in enumerate(budgets)][0]
     tokens = load_tokens(cfg.data.dir, args.split, cfg.data.format, tok, args.out)
     try:
         rows = windowkv_loss_table(model, tokens, budgets, prompt_len=args.prompt_len,
@@ -81,15 +84,20 @@ def _run_windowkv(args: argparse.Namespace) -> int:
                                    config=wkv)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    base = next((r for r in rows if r.budget >= 1.0), rows[0])
-    print(f"{args.out} (step {step}) on {args.split}: WindowKV on {kinds.count('full')}/{len(kinds)} full layers, "
+    base = next((r for r in rows if r.is_full), rows[0])
+    groups = wkv.num_groups(num_full)
+    print(f"{args.out} (step {step}) on {args.split}: WindowKV on {num_full}/{len(kinds)} full layers "
+          f"({groups} group{'s' if groups != 1 else ''} of up to {wkv.share_layers} sharing one selection), "
           f"{args.num_prompts} prompts of {args.prompt_len} tokens, next-token loss on the next "
-          f"{args.continuation_len} (windows of {wkv.window_size}, observation {wkv.obs_window}, "
-          f"selection shared by {wkv.share_layers} layers)")
-    print(f"  {'budget':>7} {'kept':>6} {'loss':>8} {'ppl':>9} {'Δloss':>8}")
-    for r in rows:
-        print(f"  {r.budget:7.0%} {r.kept:6d} {r.loss:8.4f} {r.ppl:9.3f} {r.loss - base.loss:+8.4f}")
+          f"{args.continuation_len} (windows of {wkv.window_size}, observation {wkv.obs_window}); "
+          "budget and kept prompt keys per layer group, bottom first")
+    kept = ["/".join(map(str, r.kept)) for r in rows]
+    wb, wk = max(7, *(len(r.label) for r in rows)), max(6, *map(len, kept))
+    print(f"  {'budget':>{wb}} {'kept':>{wk}} {'cache':>7} {'loss':>8} {'ppl':>9} {'Δloss':>8}")
+    for r, k in zip(rows, kept, strict=True):
+        print(f"  {r.label:>{wb}} {k:>{wk}} {r.kept_fraction:7.1%} {r.loss:8.4f} {r.ppl:9.3f} "
+              f"{r.loss - base.loss:+8.4f}")
     if args.json:
-        args.json.write_text(json.dumps([{"budget": r.budget, "kept": r.kept, "loss": r.loss, "ppl": r.ppl}
-                                         for r in rows], indent=1) + "\n")
+        args.json.write_text(json.dumps([{"budget": r.budget, "kept": r.kept, "kept_fraction": r.kept_fraction,
+                                          "loss": r.loss, "ppl": r.ppl} for r in rows], indent=1) + "\n")
     return 0

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import torch
 
-from seqwin.attention.windowkv import WindowKVConfig
 from seqwin.data.errors import DataError
 from seqwin.errors import UserError
-from seqwin.models.lm.decoding import SamplingConfig, generate
+from seqwin.models.lm.decoding import SamplingConfig, attention_layers, generate
 from seqwin.models.lm.tokenizer import CodeTokenizer, load_tokenizer
+from seqwin.recipes.lm.kv_budget import parse_kv_budget, windowkv_config
 from seqwin.recipes.lm.train import load_trained
 
 
@@ -50,23 +50,25 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    windowkv = WindowKVConfig(budget=args.windowkv_budget)
     try:
         sampling.validate()
-        windowkv.validate()
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    budget = parse_kv_budget(args.kv_budget)  # before loading anything: a typo fails fast
     ids = _prompt_ids(args, load_tokenizer(args.out))
     # min_seq_len extends the rotary table if the config's is shorter (it is not part of the weights)
     _, tok, model, step = load_trained(args.out, checkpoint=args.checkpoint, device=args.device,
                                        min_seq_len=len(ids) + args.max_new_tokens)
+    num_full = sum(kind == "full" for kind, _ in attention_layers(model))
+    windowkv = windowkv_config(budget, num_full_layers=num_full, share_layers=args.share_layers)
     prompt = torch.tensor([ids] * args.num_samples)
     result = generate(model, prompt, args.max_new_tokens, sampling, eos_idx=tok.eos_idx,
-                      windowkv=windowkv if windowkv.budget < 1 else None, seed=args.seed)
+                      windowkv=windowkv if windowkv.compresses else None, seed=args.seed)
     info = (f"[{args.out} step {step}: prompt {len(ids)} tokens ({result.prefill_seconds:.2f} s), "
             f"{result.tokens.shape[1]} new tokens at {result.tokens_per_second:.1f} tokens/s per sample, "
             f"cache {result.cache_bytes / 2**20:.2f} MiB"
-            + (f", WindowKV kept {result.kept} of {len(ids)} prompt keys" if result.kept >= 0 else "") + "]")
+            + (f", WindowKV kept {'/'.join(map(str, result.kept))} of {len(ids)} prompt keys per layer group"
+               if result.kept else "") + "]")
     if isinstance(tok, CodeTokenizer):
         out = args.output or args.out / "generated.npy"
         stem = str(out)[: -len(".npy")] if str(out).endswith(".npy") else str(out)

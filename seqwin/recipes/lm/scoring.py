@@ -13,7 +13,7 @@ from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout
 
 from seqwin.attention.windowkv import WindowKVConfig
-from seqwin.models.lm.decoding import Decoder, decoding_session
+from seqwin.models.lm.decoding import Decoder, attention_layers, decoding_session
 from seqwin.recipes.lm.data import eval_windows
 
 
@@ -45,20 +45,38 @@ def score_stream(model: TransformerLM, tokens: np.ndarray, *, context: int, stri
 
 @dataclass
 class BudgetRow:
-    budget: float
-    kept: int
+    budget: float | list[float]
+    """One fraction for every layer group, or one per group."""
+    kept: list[int]
+    """Prompt keys kept per layer group (bottom group first)."""
+    kept_fraction: float
+    """Kept share of the prompt's keys over all full-attention layers (what the cache actually holds)."""
     loss: float
 
     @property
     def ppl(self) -> float:
         return math.exp(self.loss)
 
+    @property
+    def budgets(self) -> list[float]:
+        return list(self.budget) if isinstance(self.budget, (list, tuple)) else [self.budget]
+
+    @property
+    def is_full(self) -> bool:
+        return all(b >= 1.0 for b in self.budgets)
+
+    @property
+    def label(self) -> str:
+        return "/".join(f"{b:.0%}" for b in self.budgets)
+
 
 @torch.no_grad()
-def windowkv_loss_table(model: TransformerLM, tokens: np.ndarray, budgets: list[float], *, prompt_len: int,
-                        continuation_len: int, num_prompts: int, config: WindowKVConfig) -> list[BudgetRow]:
+def windowkv_loss_table(model: TransformerLM, tokens: np.ndarray, budgets: list[float | list[float]], *,
+                        prompt_len: int, continuation_len: int, num_prompts: int,
+                        config: WindowKVConfig) -> list[BudgetRow]:
     """Held-out next-token loss on ``continuation_len`` tokens after ``prompt_len``-token prompts whose full-layer
-    caches WindowKV compressed to each budget (prompts evenly spaced over ``tokens``, decoded as one batch)."""
+    caches WindowKV compressed to each budget (one fraction, or one per layer group of ``config.share_layers``;
+    prompts evenly spaced over ``tokens``, decoded as one batch)."""
     span = prompt_len + continuation_len + 1
     if len(tokens) < span:
         raise ValueError(f"need {span} tokens for one prompt + continuation, the split has {len(tokens)}")
@@ -67,6 +85,7 @@ def windowkv_loss_table(model: TransformerLM, tokens: np.ndarray, budgets: list[
     batch = torch.from_numpy(np.stack([tokens[s : s + span] for s in starts]).astype(np.int64)).to(device)
     prompt, cont = batch[:, :prompt_len], batch[:, prompt_len:-1]
     targets = batch[:, prompt_len:]
+    num_full = sum(kind == "full" for kind, _ in attention_layers(model))
     rows = []
     with decoding_session(model):
         for budget in budgets:
@@ -74,5 +93,8 @@ def windowkv_loss_table(model: TransformerLM, tokens: np.ndarray, budgets: list[
             first = dec.forward(prompt)[:, -1:]
             logits = torch.cat([first, dec.forward(cont)], dim=1)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).item()
-            rows.append(BudgetRow(budget, dec.kept if dec.kept >= 0 else prompt_len, loss))
+            kept = dec.kept or [prompt_len] * config.num_groups(num_full)  # empty: nothing was compressed
+            per_layer = [kept[i // config.share_layers] for i in range(num_full)]
+            fraction = sum(per_layer) / (prompt_len * num_full) if num_full else 1.0
+            rows.append(BudgetRow(budget, kept, fraction, loss))
     return rows
