@@ -1,6 +1,12 @@
 """A tiny regression run through seqwin's Trainer, launched as a subprocess by the distributed/kill tests.
 
-usage: python tests/toy_train.py OUT [--steps N] [--sleep S]   (also under torchrun: data is sharded by rank)
+usage: python tests/toy_train.py OUT [--steps N] [--stop-after K] [--sleep S] [--update-freq A]
+[--data-parallel ddp|fsdp] (also under torchrun); ``--stop-after K`` exits cleanly before step K + 1, as a
+preempted job would (the LR schedule still spans N steps).
+
+Every step sees the same global batch of 8 rows whatever the number of ranks and the update frequency: it is cut
+into ``world_size x update_freq`` micro-batches, and rank ``r`` gets micro-batches ``j * world_size + r`` (the
+trainer's global micro-batch order).
 """
 
 from __future__ import annotations
@@ -17,33 +23,57 @@ from seqwin.training import Trainer, TrainerConfig
 GLOBAL_BATCH = 8
 
 
+class Toy(nn.Module):
+    """Two blocks in a ModuleList, so FSDP has per-block units besides the root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(3, 16)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Tanh(), nn.Linear(16, 16)) for _ in range(2))
+        self.out = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
     p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--stop-after", type=int, default=None)
     p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--update-freq", type=int, default=1)
+    p.add_argument("--data-parallel", choices=["ddp", "fsdp"], default="ddp")
     args = p.parse_args()
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = Toy()
     trainer: Trainer
 
     def batches(epoch: int, skip: int):
         g = torch.Generator().manual_seed(1000 + epoch)
         xs = torch.randn(10, GLOBAL_BATCH, 3, generator=g)  # the same global batches on every rank
-        per_rank = GLOBAL_BATCH // trainer.world_size
-        for x in xs[skip:]:
-            yield x[trainer.rank * per_rank : (trainer.rank + 1) * per_rank]
+        w, a = trainer.world_size, args.update_freq
+        micro = [x.chunk(w * a)[j * w + trainer.rank] for x in xs for j in range(a)]
+        yield from micro[skip:]
 
     def step(m, x):
         time.sleep(args.sleep)
         target = torch.sin(x).sum(-1, keepdim=True)
         return ((m(x) - target) ** 2).mean(), {}, x.shape[0]
 
-    cfg = TrainerConfig(max_steps=args.steps, warmup_steps=2, lr=0.02, checkpoint_every=3, log_every=3)
-    trainer = Trainer(cfg, model, args.out, step_fn=step, batches=batches)
+    def stop(step: int, m: nn.Module) -> None:
+        if step == args.stop_after:
+            raise SystemExit(0)
+
+    cfg = TrainerConfig(max_steps=args.steps, warmup_steps=2, lr=0.02, checkpoint_every=3, log_every=3,
+                        keep_checkpoints=10, update_freq=args.update_freq, data_parallel=args.data_parallel)
+    trainer = Trainer(cfg, model, args.out, step_fn=step, batches=batches, before_step=stop)
     trainer.fit()
-    if trainer.rank == 0:
+    if trainer.rank == 0:  # under FSDP, fit() leaves rank 0 a plain module with the gathered weights
         torch.save(trainer.model.state_dict(), args.out / "final.pt")
 
 

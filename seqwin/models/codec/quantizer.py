@@ -45,7 +45,10 @@ class ResidualQuantizer(nn.Module):
             commitment_weight=1.0,  # the codec loss applies its own weight (LossWeights.commitment)
             quantize_dropout=cfg.quantizer_dropout,
             rotation_trick=cfg.rotation_trick,
-            sync_codebook=False,
+            # None: all-reduce the EMA codebook statistics (and k-means init / dead-code samples) across ranks
+            # when torch.distributed is up at construction. fairseq2's DDP does not broadcast buffers, so
+            # without it every rank's codebooks would drift apart on its own shard of the data.
+            sync_codebook=None,
         )
 
     @property

@@ -36,7 +36,8 @@ from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.data import SegmentBatch, SegmentDataset, read_split
 from seqwin.recipes.codec.teacher_features import TeacherFeatures, teacher_batch_to
 from seqwin.training import Trainer, to_yaml
-from seqwin.training.trainer import lr_factor, pick_device
+from seqwin.training.checks import check_batches_per_step
+from seqwin.training.trainer import create_gangs, lr_factor, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    # Under torchrun, join the process group before building the codec: its quantizer decides at construction
+    # whether to all-reduce its EMA codebook statistics across ranks (the Trainer reuses the group).
+    world_size = create_gangs(pick_device(cfg.trainer.device)).root.size
     torch.manual_seed(cfg.trainer.seed)
     m = cfg.model
     model = create_codec(m)
@@ -166,6 +170,8 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
     with_text = cfg.teachers.transcripts == "data"
     train_utts = read_split(d.manifest_dir, d.train_split, with_text=with_text,
                             min_samples=max(1, int(d.min_seconds * m.sample_rate)))
+    check_batches_per_step(len(train_utts), d.batch_size, world_size, "data.batch_size",
+                           f"utterances of {d.train_split}", "lower data.batch_size")
     valid_waves = []
     if d.valid_utterances:
         valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=False)[: d.valid_utterances]

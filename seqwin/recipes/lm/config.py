@@ -8,6 +8,7 @@ from typing import Literal
 
 from seqwin.models.lm.config import LMConfig
 from seqwin.training import TrainerConfig
+from seqwin.training.checks import check_clusters_fit
 
 
 @dataclass(kw_only=True)
@@ -61,3 +62,5 @@ class LMRecipeConfig:
                              f"({self.data.seq_len})")
         if (self.data.format == "codes") != (self.tokenizer.kind == "codes"):
             raise ValueError("data.format codes goes with tokenizer.kind codes (and text with the others)")
+        check_clusters_fit(self.model.attention, "model.attention", self.data.seq_len,
+                           "a training sequence (data.seq_len)")

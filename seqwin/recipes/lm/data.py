@@ -89,7 +89,7 @@ def load_tokens(data_dir: Path, split: str, fmt: str, tokenizer: Tokenizer, out_
         except (ValueError, KeyError, OSError) as exc:  # a damaged cache is rebuilt
             log.warning("%s: unreadable token cache (%s); tokenizing again", cache, exc)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
+    tmp = cache.with_name(f".{cache.name}.tmp.{os.getpid()}")  # under torchrun every rank builds it
     with tmp.open("wb") as sink:
         if fmt == "text":
             _encode_text(source, tokenizer, sink)
@@ -155,6 +155,15 @@ class PackedBatches:
 
     def num_sequences(self, offset: int) -> int:
         return (self.tokens.size - offset - 1) // self.seq_len
+
+    def check_fits(self) -> None:
+        """Fail now, naming the key, if some epoch could not fill one batch on every rank."""
+        from seqwin.training.checks import check_batches_per_step
+
+        worst = self.num_sequences(min(self.seq_len, self.tokens.size - self.seq_len) - 1)  # largest offset
+        check_batches_per_step(worst, self.batch_size, self.world_size, "data.batch_size",
+                               f"sequences of data.seq_len ({self.seq_len}) tokens",
+                               "lower data.batch_size or data.seq_len")
 
     def __call__(self, epoch: int, skip: int) -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

@@ -35,7 +35,7 @@ from seqwin.recipes.lm.data import PackedBatches, load_tokens, split_source
 from seqwin.recipes.lm.scoring import score_stream
 from seqwin.training import CheckpointManager, Trainer, load_config, to_yaml
 from seqwin.training.config import to_dict
-from seqwin.training.trainer import pick_device
+from seqwin.training.trainer import create_gangs, pick_device
 
 log = logging.getLogger("seqwin.lm")
 
@@ -102,14 +102,22 @@ def lm_loss(model: TransformerLM, batch: Tensor) -> tuple[Tensor, dict[str, floa
 
 def run_train(cfg: LMRecipeConfig, out: Path) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
+    # Under torchrun, rank 0 writes the tokenizer, config and token caches while the others wait, then they
+    # read them: no rank reads a half-written file (the Trainer reuses this process group).
+    root = create_gangs(pick_device(cfg.trainer.device)).root
+    if root.rank != 0:
+        root.barrier()
     tok = prepare_tokenizer(cfg, out)
     cfg = _resolve(cfg, tok)
     saved = out / CONFIG_NAME
     if saved.exists():
         _check_same_run(saved, cfg)
-    saved.write_text(to_yaml(cfg))
+    if root.rank == 0:
+        saved.write_text(to_yaml(cfg))
     train_tokens = load_tokens(cfg.data.dir, "train", cfg.data.format, tok, out)
     valid_tokens = load_tokens(cfg.data.dir, cfg.data.valid_split, cfg.data.format, tok, out)
+    if root.rank == 0:
+        root.barrier()
     if cfg.data.valid_tokens:
         valid_tokens = valid_tokens[: cfg.data.valid_tokens + 1]
 
@@ -134,6 +142,8 @@ def run_train(cfg: LMRecipeConfig, out: Path) -> dict[str, float]:
         return {"loss": nll / count, "ppl": math.exp(nll / count), "tokens": float(count)}
 
     trainer = Trainer(cfg.trainer, model, out, step_fn=lm_loss, batches=batches, valid_fn=valid, unit="tokens")
+    PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed, trainer.rank,
+                  trainer.world_size).check_fits()
     return trainer.fit()
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from fairseq2.data.data_pipeline import read_sequence
 from seqwin.data.errors import DataError
 from seqwin.data.pipeline import AudioBatch, AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
+from seqwin.training.checks import check_clusters_fit
 from seqwin.training.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger("seqwin.wav2vec2")
@@ -120,6 +123,40 @@ def batch_stream(dataset: AudioManifestDataset, epoch: int, skip: int, rank: int
     return iter(builder.prefetch(2).and_return())
 
 
+def samples_per_frame(model_cfg: Any) -> int:
+    """Waveform samples per encoder frame of a seqwin wav2vec2 (SSL or CTC) config."""
+    if model_cfg.frontend.kind == "logmel":
+        from seqwin.models.wav2vec2.frontend import HOP
+
+        return HOP * model_cfg.frontend.stack
+    return math.prod(desc[2] for desc in model_cfg.model.encoder_config.feature_extractor_layer_descs)
+
+
+def check_routing_fits(model_cfg: Any, data: DataConfig) -> None:
+    """Routing heads need fewer clusters than the frames of the longest utterance the recipe may train on."""
+    frames = data.max_audio_len // samples_per_frame(model_cfg)
+    check_clusters_fit(model_cfg.attention, "model.config.attention", frames,
+                       f"the longest training utterance (data.max_audio_len {data.max_audio_len} samples)")
+
+
+def check_data_parallel(model_cfg: Any, data_parallel: str) -> None:
+    """FSDP gathers a layer's weights with a collective in that layer's forward, so every rank must run the same
+    layers; LayerDrop draws them per batch (each rank's micro-batches have their own seeds)."""
+    if data_parallel == "fsdp" and model_cfg.model.encoder_config.layer_drop_p > 0:
+        raise ConfigError(f"model.config.model.encoder_config.layer_drop_p "
+                          f"({model_cfg.model.encoder_config.layer_drop_p}) needs trainer.data_parallel ddp: under "
+                          "fsdp every rank must run the same layers; set it to 0")
+
+
+def check_batches(dataset: AudioManifestDataset, data: DataConfig, world_size: int) -> None:
+    """Every rank needs a batch: rank ``r`` takes batches ``r, r + world_size, ...`` of an epoch."""
+    num = len(epoch_batches(dataset, 0, data.max_num_frames))
+    if num < world_size:
+        raise ConfigError(f"data.max_num_frames ({data.max_num_frames}) packs the {len(dataset)} training "
+                          f"utterances into {num} batch(es), fewer than the {world_size} processes: some would get "
+                          "no batch; lower data.max_num_frames (or data.max_batch_size)")
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -135,7 +172,7 @@ def start_run(out_dir: Path, recipe_yaml: str, model_yaml: str) -> None:
     if resuming and model_path.exists() and model_path.read_text() != model_yaml:
         raise UserError(f"{out_dir} holds checkpoints of another model ({model_path}); use a new output directory")
     for name, text in (("config.yaml", recipe_yaml), ("model.yaml", model_yaml)):
-        tmp = out_dir / f".{name}.tmp"
+        tmp = out_dir / f".{name}.tmp.{os.getpid()}"  # every rank writes: one temporary file each
         tmp.write_text(text)
         tmp.replace(out_dir / name)
 

@@ -31,6 +31,9 @@ from seqwin.recipes.wav2vec2.common import (
     ModelSection,
     audio_seconds,
     batch_stream,
+    check_batches,
+    check_data_parallel,
+    check_routing_fits,
     model_device,
     start_run,
 )
@@ -68,6 +71,9 @@ class AsrRecipeConfig:
     def validate(self) -> None:
         if self.finetune.freeze_encoder_steps >= self.trainer.max_steps:
             raise ValueError("finetune.freeze_encoder_steps must be < trainer.max_steps")
+        if self.finetune.freeze_encoder_steps and self.trainer.data_parallel == "fsdp":
+            # FSDP swaps in sharded parameters: the recipe's handles on the encoder's ones would go stale.
+            raise ValueError("finetune.freeze_encoder_steps needs trainer.data_parallel ddp")
 
 
 def _ctc_forward(model: nn.Module, batch: AudioBatch) -> tuple[Tensor, Tensor, object]:
@@ -113,6 +119,8 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     symbols = list(dictionary.symbols)
     torch.manual_seed(cfg.trainer.seed)
     model_cfg, model = build_model(cfg, len(symbols))
+    check_routing_fits(model_cfg, cfg.data)
+    check_data_parallel(model_cfg, cfg.trainer.data_parallel)
     enc = model_cfg.model.encoder_config
     start_run(out_dir, to_yaml(cfg), model_yaml(model_cfg, symbols))
     if cfg.finetune.freeze_feature_extractor:
@@ -158,6 +166,7 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
         batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
                                                   cfg.data.max_num_frames),
     )
+    check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
         save_model(out_dir / "model.pt", model_cfg, trainer.model, symbols)

@@ -27,6 +27,9 @@ from seqwin.recipes.wav2vec2.common import (
     ModelSection,
     audio_seconds,
     batch_stream,
+    check_batches,
+    check_data_parallel,
+    check_routing_fits,
     model_device,
     start_run,
 )
@@ -80,6 +83,8 @@ def _forward(model: nn.Module, batch: AudioBatch, diversity: float, penalty: flo
 
 def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     model_cfg = cfg.model.build(ssl_presets(), SeqwinWav2Vec2Config)
+    check_routing_fits(model_cfg, cfg.data)
+    check_data_parallel(model_cfg, cfg.trainer.data_parallel)
     enc = model_cfg.model.encoder_config
     start_run(out_dir, to_yaml(cfg), model_yaml(model_cfg))
     torch.manual_seed(cfg.trainer.seed)
@@ -91,8 +96,15 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     train = cfg.data.dataset(cfg.data.train_split, None)
     valid = cfg.data.dataset(cfg.data.valid_split, None, shuffle=False) if cfg.data.valid_split else None
     diversity, penalty = cfg.loss.diversity_weight, _penalty_weight(cfg, model_cfg)
+    current_step = [0]
+
+    def before_step(step: int, m: nn.Module) -> None:
+        current_step[0] = step
 
     def step_fn(m: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, float]:
+        # The Gumbel temperature follows optimizer steps (as fairseq's set_num_updates), not forward passes:
+        # every micro-batch of a step (update_freq > 1) gets the same temperature, as every rank's does.
+        model.quantizer.num_updates.fill_(current_step[0])
         loss, values, _ = _forward(m, batch, diversity, penalty)
         aux = collect_aux_losses(m)
         if aux is not None:  # routing commitment losses
@@ -114,9 +126,11 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
 
     trainer = Trainer(
         cfg.trainer, model, out_dir, step_fn=step_fn, unit="audio_s", valid_fn=valid_fn if valid else None,
+        before_step=before_step,
         batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
                                                   cfg.data.max_num_frames),
     )
+    check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
         save_model(out_dir / "model.pt", model_cfg, trainer.model)
