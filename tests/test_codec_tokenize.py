@@ -15,6 +15,7 @@ from test_codec_util import speechlike, tiny_codec_config, write_corpus
 from seqwin.cli import codec as codec_cli
 from seqwin.errors import UserError
 from seqwin.models.codec import create_codec
+from seqwin.recipes.codec import checkpoint as checkpoint_module
 from seqwin.recipes.codec.checkpoint import export_codec, load_codec
 
 
@@ -119,3 +120,28 @@ def test_bad_checkpoints(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_codec(tmp_path / "junk.pt")
+
+
+
+def test_tokenize_builds_the_encoder_side_only(tmp_path, codec_file, monkeypatch):
+    full = load_codec(codec_file)
+    encoder_only = load_codec(codec_file, decoder=False)
+    names = {name for name, _ in encoder_only.named_parameters()}
+    assert names and not any(name.startswith("decoder") for name in names)
+    assert sum(p.numel() for p in encoder_only.parameters()) < sum(p.numel() for p in full.parameters())
+    wave = torch.from_numpy(speechlike(0.9, seed=5))[None]
+    assert torch.equal(encoder_only.encode(wave)[0], full.encode(wave)[0])
+    with pytest.raises(RuntimeError, match="without its decoder"):
+        encoder_only.decode(full.encode(wave)[0])
+    # what the commands ask for (the CLI imports load_codec from the checkpoint module when it runs)
+    built: list[bool] = []
+
+    def spy(path, *, decoder=True):
+        built.append(decoder)
+        return load_codec(path, decoder=decoder)
+
+    monkeypatch.setattr(checkpoint_module, "load_codec", spy)
+    sf.write(str(tmp_path / "one.flac"), speechlike(0.5), 16000, subtype="PCM_16")
+    _run("tokenize", str(tmp_path / "one.flac"), "-o", str(tmp_path / "tok"), "--checkpoint", str(codec_file))
+    _run("detokenize", str(tmp_path / "tok"), "-o", str(tmp_path / "wav"), "--checkpoint", str(codec_file))
+    assert built == [False, True]  # tokenize: encoder side only; detokenize: with the decoder

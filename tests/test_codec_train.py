@@ -14,9 +14,10 @@ from seqwin.models.codec import create_codec
 from seqwin.models.codec.discriminators import DiscriminatorConfig
 from seqwin.recipes.codec.checkpoint import load_codec
 from seqwin.recipes.codec.config import CodecRecipeConfig
-from seqwin.recipes.codec.train import GanStep, train_codec
+from seqwin.recipes.codec.train import GanStep, latent_offset, train_codec
 from seqwin.training import TrainerConfig, load_config
 from seqwin.training.checkpoint import safe_load
+from seqwin.training.config import ConfigError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "codec"
 
@@ -139,3 +140,29 @@ def test_shipped_configs_load(name):
     if name == "fusecodec_librispeech":
         assert (cfg.model.latent_dim, cfg.model.channels, cfg.model.bottleneck) == (1024, 64, "lstm")
         assert cfg.model.variant == "fusion" and cfg.model.teacher_dim == 768
+
+
+def test_dead_code_threshold_must_be_below_average_code_use():
+    # mini's first config: 8 x 1 s batches = 400 frames for 1024 codes (0.39 per code) with threshold 2, so
+    # nearly every code counted as dead and was overwritten by a batch vector at every step
+    batch8 = ["data.batch_size=8", "data.segment_seconds=1.0"]
+    with pytest.raises(ConfigError, match="threshold_ema_dead_code"):
+        load_config(CodecRecipeConfig, RECIPES / "mini.yaml", [*batch8, "model.quantizer.threshold_ema_dead_code=2"])
+    cfg = load_config(CodecRecipeConfig, RECIPES / "mini.yaml",
+                      [*batch8, "model.quantizer.threshold_ema_dead_code=0.3"])
+    assert cfg.model.quantizer.threshold_ema_dead_code == 0.3  # 0.3 < 0.39: accepted
+    with pytest.raises(ConfigError, match="0.195"):  # the same threshold at 4 x 1 s (200 frames) is refused
+        load_config(CodecRecipeConfig, RECIPES / "mini.yaml", ["data.batch_size=4", "data.segment_seconds=1.0",
+                                                               "model.quantizer.threshold_ema_dead_code=0.3"])
+    with pytest.raises(ConfigError, match="bigger batches"):  # the paper config is fine at its batch, not at 4 x 1 s
+        load_config(CodecRecipeConfig, RECIPES / "fusecodec_librispeech.yaml",
+                    ["data.batch_size=4", "data.segment_seconds=1.0"])
+    load_config(CodecRecipeConfig, RECIPES / "fusecodec_librispeech.yaml",
+                ["data.batch_size=4", "data.segment_seconds=1.0", "model.quantizer.threshold_ema_dead_code=0"])
+
+
+def test_latent_offset_flags_a_cloud_far_from_the_origin():
+    torch.manual_seed(0)
+    cloud = torch.randn(200, 8)
+    assert latent_offset(cloud) < 0.5  # centred: the mean is small against the spread
+    assert latent_offset(cloud + 10.0) > 5.0  # far off-centre (the collapsing attention mini codec: about 5)

@@ -5,6 +5,10 @@ batched, for the paper-size codec (recipes/codec/fusecodec_librispeech.yaml's mo
 
 Weights are random (speed does not depend on them); k-means initialisation is off so the first call is not an
 outlier. Each number is the best of ``--repeats`` runs after one warm-up. Prints and writes JSON.
+
+Also reported: the encoder's arithmetic per second of audio (convolutions, linear layers, (Bi)LSTM, RVQ distances;
+``encode_gflop_per_audio_s``) and this machine's fp32 matmul rate (``matmul_gflops``), whose ratio is the lowest
+encode RTF the CPU allows at full matmul efficiency (``rtf_floor``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from seqwin.models.codec import create_codec
+from seqwin.models.codec import Codec, create_codec
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.training import load_config
 
@@ -34,6 +39,43 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
+def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / _best(lambda: a @ b, repeats) / 1e9
+
+
+def encode_gflop_per_second(model: Codec, seconds: float = 1.0) -> float:
+    """Multiply-adds x 2 of ``model.encode`` per second of audio: conv/linear layers counted by hooks on a real
+    forward, the (Bi)LSTM and the RVQ distance matmuls from their shapes."""
+    macs = [0]
+
+    def conv(mod: nn.Conv1d, _inp, out: torch.Tensor) -> None:
+        macs[0] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0]
+
+    def linear(mod: nn.Linear, _inp, out: torch.Tensor) -> None:
+        macs[0] += out.numel() * mod.in_features
+
+    def lstm(mod: nn.LSTM, _inp, out: tuple[torch.Tensor, object]) -> None:
+        dirs = 2 if mod.bidirectional else 1
+        steps = out[0].shape[0] * out[0].shape[1]  # one file, unpadded: (1, frames, dirs * hidden)
+        for layer in range(mod.num_layers):
+            width = mod.input_size if layer == 0 else dirs * mod.hidden_size
+            macs[0] += dirs * 4 * mod.hidden_size * (width + mod.hidden_size) * steps
+
+    # hooks see only what encode() runs (the decoder's layers are not counted)
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv1d)]
+    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, nn.Linear)]
+    hooks += [m.register_forward_hook(lstm) for m in model.modules() if isinstance(m, nn.LSTM)]
+    cfg = model.cfg
+    model.encode(torch.zeros(1, int(seconds * cfg.sample_rate)))
+    for hook in hooks:
+        hook.remove()
+    frames = cfg.frame_rate * seconds
+    q = cfg.quantizer
+    macs[0] += q.num_quantizers * q.codebook_size * cfg.latent_dim * frames
+    return 2 * macs[0] / seconds / 1e9
+
+
 def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
     cfg = load_config(CodecRecipeConfig, RECIPES / f"{config}.yaml", ["model.quantizer.kmeans_init=false"]).model
     torch.manual_seed(0)
@@ -45,12 +87,15 @@ def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
     batched = _best(lambda: model.encode(many), repeats)
     decode_codes, _ = model.encode(many)
     decode = _best(lambda: model.decode(decode_codes), repeats)
+    gflop = encode_gflop_per_second(model)
     return {
         "config": config, "bottleneck": cfg.bottleneck, "causal": cfg.causal,
         "generator_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "seconds_per_file": seconds, "batch": batch,
         "encode_rtf_single": single / seconds, "encode_rtf_batched": batched / (batch * seconds),
         "decode_rtf_batched": decode / (batch * seconds),
+        "encode_gflop_per_audio_s": round(gflop, 2),
+        "encode_gflops_batched": round(gflop * batch * seconds / batched, 1),
     }
 
 
@@ -62,10 +107,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["fusecodec_librispeech", "mini"])
     parser.add_argument("--out", type=Path, default=Path("bench_out/codec.json"))
     args = parser.parse_args()
+    gflops = matmul_gflops()
+    runs = [bench(c, args.seconds, args.batch, args.repeats) for c in args.configs]
+    for run in runs:
+        run["rtf_floor"] = round(run["encode_gflop_per_audio_s"] / gflops, 3)
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "runs": [bench(c, args.seconds, args.batch, args.repeats) for c in args.configs],
+                    "torch": torch.__version__, "matmul_gflops": round(gflops, 1)},
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

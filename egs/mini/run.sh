@@ -136,7 +136,7 @@ if run_stage 8; then
 fi
 
 # ---- speech codec (stages 10-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec ------------
-# 10 seqwin train codec (recipes/codec/mini.yaml, ~6 min budget); skipped once exp/codec/codec.pt exists
+# 10 seqwin train codec (recipes/codec/mini.yaml, 7.5 min budget); skipped once exp/codec/codec.pt exists
 # 11 seqwin tokenize the test split -> exp/codec/tokens/test (codes/<id>.npy int16 (8, frames) + index)
 # 12 seqwin detokenize those codes -> exp/codec/detok/test/<id>.wav
 # 13 seqwin eval codec on the test split -> exp/codec/eval_test (metrics.json, index.html listening report);

@@ -42,7 +42,9 @@ def _make_sequence_model(cfg: CodecConfig, dim: int) -> nn.Module | None:
 
 
 class Codec(nn.Module):
-    def __init__(self, cfg: CodecConfig) -> None:
+    def __init__(self, cfg: CodecConfig, *, decoder: bool = True) -> None:
+        """``decoder=False`` builds the encoder side only (encoder, bottleneck, fusion, RVQ): what ``seqwin
+        tokenize`` needs; for the paper model the decoder is half the generator's weights."""
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -59,11 +61,11 @@ class Codec(nn.Module):
         self.quantizer = ResidualQuantizer(cfg.latent_dim, cfg.quantizer)
         self.teacher_proj = (TeacherProjection(cfg.latent_dim, cfg.teacher_dim)
                              if cfg.variant in ("distill", "context_align") else None)
-        self.decoder_in = SConv1d(cfg.latent_dim, width, cfg.kernel_size, causal=cfg.causal)
-        self.decoder_seq = _make_sequence_model(cfg, width)
+        self.decoder_in = SConv1d(cfg.latent_dim, width, cfg.kernel_size, causal=cfg.causal) if decoder else None
+        self.decoder_seq = _make_sequence_model(cfg, width) if decoder else None
         self.decoder_seq_out = (nn.Linear(self.decoder_seq.out_dim, width)
                                 if self.decoder_seq is not None and self.decoder_seq.out_dim != width else None)
-        self.decoder = SEANetDecoder(*conv_args)
+        self.decoder = SEANetDecoder(*conv_args) if decoder else None
 
     # -- lengths -------------------------------------------------------------------------------------------
 
@@ -101,6 +103,9 @@ class Codec(nn.Module):
 
     def decode_latent(self, q: Tensor, frame_lens: Tensor | None = None) -> Tensor:
         """Quantized latent ``(B, F, latent_dim)`` -> waveform ``(B, F * hop)``."""
+        if self.decoder is None:
+            raise RuntimeError("this codec was built without its decoder (encoder-only, for tokenizing); "
+                               "build it with decoder=True to decode")
         frames = q.shape[1]
         padded = None if frame_lens is None or bool((frame_lens == frames).all()) else frame_lens
         if padded is not None:
@@ -127,7 +132,7 @@ class Codec(nn.Module):
         pred = self.teacher_proj(out.first_level) if self.teacher_proj is not None else None
         return CodecOutput(recon, out.codes, out.commitment, frame_lens, pred)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, wav: Tensor, seq_lens: Tensor | None = None, num_quantizers: int | None = None,
                teachers: TeacherBatch | None = None) -> tuple[Tensor, Tensor]:
         """``wav (B, T)`` -> codes ``(B, n, F)`` (-1 on padded frames) and ``frame_lens (B,)``. Call in eval mode:
@@ -138,7 +143,7 @@ class Codec(nn.Module):
                 z = self.fusion(z, teachers)
             return self.quantizer.encode(z, _mask(frame_lens, z.shape[1]), num_quantizers), frame_lens
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, codes: Tensor, frame_lens: Tensor | None = None) -> Tensor:
         """Codes ``(B, n, F)`` of the first ``n`` levels -> waveform ``(B, F * hop)``; rows past ``frame_lens``
         are zero."""
@@ -214,6 +219,6 @@ def _mask(lens: Tensor, size: int) -> Tensor:
     return torch.arange(size, device=lens.device)[None] < lens[:, None]
 
 
-def create_codec(cfg: CodecConfig) -> Codec:
-    """Build a randomly initialised codec for ``cfg`` (validated)."""
-    return Codec(cfg)
+def create_codec(cfg: CodecConfig, *, decoder: bool = True) -> Codec:
+    """Build a randomly initialised codec for ``cfg`` (validated); ``decoder=False``: encoder side only."""
+    return Codec(cfg, decoder=decoder)

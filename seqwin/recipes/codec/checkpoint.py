@@ -45,16 +45,17 @@ def _load(path: Path) -> dict:
         raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def load_codec(checkpoint: Path) -> Codec:
-    """The codec in eval mode, on the CPU."""
+def load_codec(checkpoint: Path, *, decoder: bool = True) -> Codec:
+    """The codec in eval mode, on the CPU; ``decoder=False``: encoder side only (tokenizing), the decoder's
+    weights are neither built nor kept."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         if (checkpoint / "codec.pt").is_file():
-            return load_codec(checkpoint / "codec.pt")
+            return load_codec(checkpoint / "codec.pt", decoder=decoder)
         found = CheckpointManager(checkpoint / "checkpoints").load_latest()
         if found is None:
             raise UserError(f"{checkpoint}: no codec.pt and no readable checkpoints/step_N.pt")
-        return _build(_config_from_run(checkpoint), found[1]["model"], checkpoint)
+        return _build(_config_from_run(checkpoint), found[1]["model"], checkpoint, decoder)
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: no such checkpoint file or run directory")
     state = _load(checkpoint)
@@ -63,14 +64,19 @@ def load_codec(checkpoint: Path) -> Codec:
             cfg = from_dict(CodecConfig, state["config"], "config")
         except ConfigError as exc:
             raise UserError(f"{checkpoint}: {exc}") from None
-        return _build(cfg, state["model"], checkpoint)
+        return _build(cfg, state["model"], checkpoint, decoder)
     if isinstance(state, dict) and "model" in state and "step" in state:
-        return _build(_config_from_run(checkpoint.parent.parent), state["model"], checkpoint)
+        return _build(_config_from_run(checkpoint.parent.parent), state["model"], checkpoint, decoder)
     raise UserError(f"{checkpoint}: not a codec checkpoint (expected a codec.pt or a trainer step_N.pt)")
 
 
-def _build(cfg: CodecConfig, weights: dict, source: Path) -> Codec:
-    model = create_codec(cfg)
+_DECODER_PREFIXES = ("decoder_in.", "decoder_seq.", "decoder_seq_out.", "decoder.")
+
+
+def _build(cfg: CodecConfig, weights: dict, source: Path, decoder: bool = True) -> Codec:
+    model = create_codec(cfg, decoder=decoder)
+    if not decoder:
+        weights = {k: v for k, v in weights.items() if not k.startswith(_DECODER_PREFIXES)}
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

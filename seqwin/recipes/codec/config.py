@@ -90,3 +90,19 @@ class CodecRecipeConfig:
             raise ValueError("model.variant context_align needs transcripts (teachers.transcripts: data or asr)")
         if self.adversarial_start_step < 0:
             raise ValueError(f"adversarial_start_step must be >= 0, got {self.adversarial_start_step}")
+        self._check_dead_code_threshold()
+
+    def _check_dead_code_threshold(self) -> None:
+        # A code whose EMA usage (frames per step) stays below the threshold is overwritten by a batch vector. When
+        # the threshold is at or above the *average* usage (frames per step / codebook size), most codes count as
+        # dead at every step: the codebooks are re-sampled from batches each step instead of following their EMA
+        # (mini's first config: batch 8 x 50 frames for 1024 codes = 0.39 per code, threshold 2).
+        q = self.model.quantizer
+        frames = self.data.batch_size * self.data.segment_seconds * self.model.frame_rate
+        per_code = frames / q.codebook_size
+        if q.threshold_ema_dead_code > 0 and q.threshold_ema_dead_code >= per_code:
+            raise ValueError(
+                f"model.quantizer.threshold_ema_dead_code ({q.threshold_ema_dead_code:g}) must be below the average "
+                f"use of a code per step ({frames:.0f} frames / {q.codebook_size} codes = {per_code:.3g}), or most "
+                "codes count as dead and are re-sampled at every step; lower it (e.g. a quarter of that) or use "
+                "bigger batches")

@@ -131,11 +131,19 @@ class GanStep:
         return float(loss.detach())
 
 
+def latent_offset(z: Tensor) -> float:
+    """``|mean_t z_t| / rms_t |z_t - mean|`` of one utterance's latent ``(F, D)``: how far the whole cloud of frames
+    sits from the origin compared with its spread."""
+    mean = z.mean(0)
+    spread = (z - mean).pow(2).sum(-1).mean().sqrt()
+    return float(mean.norm() / spread.clamp_min(1e-8))
+
+
 @torch.no_grad()
 def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss) -> dict[str, float]:
     """Reconstruction metrics over whole utterances (eval mode: all quantizers, no codebook updates)."""
     device = next(model.parameters()).device
-    totals = {"mel_distance": 0.0, "waveform_l1": 0.0, "si_snr": 0.0}
+    totals = {"mel_distance": 0.0, "waveform_l1": 0.0, "si_snr": 0.0, "rms_ratio": 0.0, "latent_offset": 0.0}
     codes = []
     for wave in waves:
         x = wave.to(device)[None]
@@ -143,6 +151,10 @@ def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss) ->
         totals["mel_distance"] += float(mel(out.recon, x))
         totals["waveform_l1"] += float(waveform_l1(out.recon, x))
         totals["si_snr"] += float(si_snr(out.recon, x)[0])
+        # collapse diagnostics: an output far quieter than the input (rms_ratio << 1), and a latent whose
+        # time-constant part dwarfs its frame-to-frame variation (latent_offset >> 1), which RVQ maps to one code
+        totals["rms_ratio"] += float(out.recon.std() / x.std().clamp_min(1e-8))
+        totals["latent_offset"] += latent_offset(model.encode_latent(x)[0][0])
         codes.append(out.codes[0].cpu())
     values = {k: v / max(1, len(waves)) for k, v in totals.items()}
     if codes:
