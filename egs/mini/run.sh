@@ -7,7 +7,7 @@
 #   1  seqwin prepare mini        -> $data/mini/LibriSpeech/{train,dev,test}   (skips if already complete)
 #   2  seqwin prepare librispeech -> $data/mini/manifests/{train,dev,test}.{tsv,wrd,ltr}, dict.ltr.txt
 #   3  seqwin prepare text        -> $data/text/{train,valid,test}.txt
-#   4+ training / evaluation: added by the model work (see the marked place below)
+#   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 10-14 codec; 20-23 LMs (each block documents its stages)
 set -euo pipefail
 
 stage=1
@@ -57,13 +57,6 @@ if run_stage 3; then
   log 3 "Shakespeare text -> $data/text"
   "$seqwin" prepare text shakespeare "$data/text"
 fi
-
-# ---------------------------------------------------------------------------------------------------------
-# Stage 4 onwards (training, decoding, scoring) goes here, numbered and guarded like the stages above:
-#   if run_stage 4; then log 4 "..."; ...; fi
-# Inputs available at this point: $data/mini/manifests/{train,dev,test}.{tsv,ltr,wrd}, dict.ltr.txt
-# and $data/text/{train,valid,test}.txt.
-# ---------------------------------------------------------------------------------------------------------
 
 # ---- wav2vec 2.0 with windowed attention (stages 4-8) -> exp/wav2vec2 ----------------------------------------
 # 4 seqwin train ssl (recipes/wav2vec2/ssl/mini.yaml): contrastive pretraining on the train split
@@ -270,7 +263,7 @@ print(sys.argv[1] + "/" + max(i["utterances"], key=lambda u: u["num_frames"])["c
     "$seqwin" generate "$lm_exp/speech" --prompt-codes "$prompt" --prompt-frames 100 --max-new-tokens 300 \
       --temperature 0.9 --top-k 50 --threads "$lm_threads" --output "$lm_exp/speech/continuation.npy"
     "$seqwin" detokenize "$lm_exp/speech/continuation.npy" -o "$lm_exp/speech/wav" --checkpoint "$lm_codec_ckpt"
-    echo "listen: $lm_exp/speech/wav/continuation.wav (2 s prompt + 3 s generated)"
+    echo "listen: $lm_exp/speech/wav/continuation.wav (2 s prompt, then up to 3 s generated: sampling may end early)"
   fi
 fi
 
