@@ -16,6 +16,18 @@ from torch.nn.utils.parametrizations import weight_norm
 _SLOPE = 0.2
 
 
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """The body every sub-discriminator shares: leaky-ReLU conv layers, then a linear output layer; returns the
+    flattened logits and every layer's output (for the feature-matching loss)."""
+    feats = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), _SLOPE)
+        feats.append(x)
+    x = post(x)
+    feats.append(x)
+    return x.flatten(1), feats
+
+
 @dataclass
 class DiscriminatorConfig:
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)
@@ -50,13 +62,7 @@ class PeriodDiscriminator(nn.Module):
         batch, samples = wav.shape
         x = F.pad(wav, (0, (-samples) % self.period), mode="reflect" if samples > self.period else "constant")
         x = x.view(batch, 1, -1, self.period)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), _SLOPE)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class ScaleDiscriminator(nn.Module):
@@ -76,13 +82,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
         x = wav[:, None]
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), _SLOPE)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class STFTDiscriminator(nn.Module):
@@ -104,13 +104,7 @@ class STFTDiscriminator(nn.Module):
     def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
         spec = torch.stft(wav, self.n_fft, self.hop, window=self.window, return_complex=True, normalized=True)
         x = torch.stack((spec.real, spec.imag), dim=1).transpose(2, 3)  # (B, 2, time, freq)
-        feats = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), _SLOPE)
-            feats.append(x)
-        x = self.post(x)
-        feats.append(x)
-        return x.flatten(1), feats
+        return _conv_stack(self.convs, self.post, x)
 
 
 class Discriminators(nn.Module):
