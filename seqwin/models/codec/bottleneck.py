@@ -3,6 +3,16 @@
 Both take and return ``(batch, frames, dim)`` with ``seq_lens`` (valid frames per row). The attention bottleneck
 uses :func:`seqwin.attention.sliding_window_attention` with a bounded ``(left, right)`` window, so its receptive
 field is finite: ``right = 0`` makes the whole codec causal and chunked encoding exact (see ``Codec.encode_chunked``).
+
+Why the attention blocks normalise ``x - windowed_mean(x)`` and have no final LayerNorm: a SEANet output is mostly a
+per-channel offset that is constant over time, with small per-frame variation. A LayerNorm of it is a unit-scale,
+nearly time-constant vector; a linear layer trained by Adam on such an input moves its output along that constant
+direction by about ``lr * fan_in`` per step, so within ~50 steps the latent became a large constant, the RVQ saw
+one point and every level collapsed (eval perplexity 1-3 per level; measured on the mini corpus, also with
+zero-initialised branches, branch biases frozen at zero, attention on the encoder side only, and 10x lower
+bottleneck LR). Removing the windowed time-mean before each pre-norm leaves the blocks only the per-frame variation;
+the residual stream keeps the offset and the output is the stream itself, at the SEANet's own scale. 200 steps on
+mini: eval perplexity 410...200 per level, SI-SNR -8.7 dB, vs 1.5...1.4 and -39 dB without the centring.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from seqwin.attention import sliding_window_attention
 
@@ -18,6 +29,8 @@ from seqwin.attention import sliding_window_attention
 class LSTMBottleneck(nn.Module):
     """2-layer bidirectional LSTM (SpeechTokenizer); output width is ``2 * dim``. Padding is packed away so the
     backward direction of each row starts at its own last valid frame."""
+
+    includes_input = False
 
     def __init__(self, dim: int, num_layers: int) -> None:
         super().__init__()
@@ -33,8 +46,23 @@ class LSTMBottleneck(nn.Module):
         return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=frames)[0]
 
 
+def windowed_mean(x: Tensor, mask: Tensor, window: tuple[int, int]) -> Tensor:
+    """Mean of ``x (B, F, C)`` over frames ``t - left .. t + right`` that are valid (``mask (B, F)``), per frame.
+
+    Pooling (not a cumulative sum) so every frame's mean is summed in the same order wherever the file starts: a
+    chunk's codes must equal the whole file's bit for bit.
+    """
+    left, right = window
+    size = left + right + 1
+    valid = mask.to(x.dtype)[:, None]  # (B, 1, F)
+    summed = F.avg_pool1d(F.pad(x.transpose(1, 2) * valid, (left, right)), size, stride=1)
+    counted = F.avg_pool1d(F.pad(valid, (left, right)), size, stride=1)
+    return (summed / counted.clamp_min(1.0 / size)).transpose(1, 2)
+
+
 class _AttentionBlock(nn.Module):
-    """Pre-norm transformer block: sliding-window self-attention with rotary positions, then a GELU MLP."""
+    """Pre-norm transformer block: sliding-window self-attention with rotary positions, then a GELU MLP; each
+    branch sees the LayerNorm of its input minus the input's windowed time-mean (see the module docstring)."""
 
     def __init__(self, dim: int, heads: int, window: tuple[int, int], ffn_mult: int, dropout_p: float) -> None:
         super().__init__()
@@ -45,15 +73,16 @@ class _AttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
 
-    def forward(self, x: Tensor, seq_lens: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, seq_lens: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         batch, frames, dim = x.shape
         head_dim = dim // self.heads
-        q, k, v = self.qkv(self.norm1(x)).view(batch, frames, 3, self.heads, head_dim).unbind(2)
+        h = self.norm1(x - windowed_mean(x, mask, self.window))
+        q, k, v = self.qkv(h).view(batch, frames, 3, self.heads, head_dim).unbind(2)
         q, k = _rotate(q, rope), _rotate(k, rope)
         attn = sliding_window_attention(q, k, v, window=self.window, seq_lens=seq_lens,
                                         dropout_p=self.dropout_p if self.training else 0.0)
         x = x + self.proj(attn.reshape(batch, frames, dim))
-        return x + self.mlp(self.norm2(x))
+        return x + self.mlp(self.norm2(x - windowed_mean(x, mask, self.window)))
 
 
 def _rope(frames: int, head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -69,29 +98,37 @@ def _rotate(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
     cos, sin = rope
     half = cos.shape[-1]
     x1, x2, rest = x[..., :half], x[..., half: 2 * half], x[..., 2 * half:]
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1)
+    # back to x's dtype: under bf16 autocast the float32 table would promote q and k but not v
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest), dim=-1).to(x.dtype)
 
 
 class AttentionBottleneck(nn.Module):
-    """Sliding-window transformer; output width is ``dim``. Padded frames are never attended to."""
+    """Sliding-window transformer; returns its residual stream (input included), width ``dim``. Padded frames are
+    never attended to and never enter a windowed mean."""
+
+    includes_input = True
 
     def __init__(self, dim: int, num_layers: int, heads: int, window: tuple[int, int], ffn_mult: int,
                  dropout_p: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(_AttentionBlock(dim, heads, window, ffn_mult, dropout_p)
                                     for _ in range(num_layers))
-        self.norm = nn.LayerNorm(dim)
         self.head_dim = dim // heads
         self.window = window
         self.out_dim = dim
 
     def forward(self, x: Tensor, seq_lens: Tensor) -> Tensor:
+        # The stream stays float32 under bf16 autocast: centring subtracts a large offset, and in bf16 (8 bits of
+        # mantissa) that cancellation would leave mostly rounding error of the offset.
+        x = x.float()
         rope = _rope(x.shape[1], self.head_dim, x.device)
+        mask = torch.arange(x.shape[1], device=x.device)[None] < seq_lens.to(x.device)[:, None]
         for block in self.blocks:
-            x = block(x, seq_lens, rope)
-        return self.norm(x)
+            x = block(x, seq_lens, mask, rope)
+        return x
 
     def frame_context(self) -> tuple[int, int]:
-        """Frames of (left, right) context one output depends on, through all layers."""
-        return self.window[0] * len(self.blocks), self.window[1] * len(self.blocks)
+        """Frames of (left, right) context one output depends on, through all layers: per block, the attention's
+        keys are centred over their own window (2 windows) and the MLP's input over one more (3 windows)."""
+        return 3 * self.window[0] * len(self.blocks), 3 * self.window[1] * len(self.blocks)
 
