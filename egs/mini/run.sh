@@ -7,7 +7,7 @@
 #   1  seqwin prepare mini        -> $data/mini/LibriSpeech/{train,dev,test}   (skips if already complete)
 #   2  seqwin prepare librispeech -> $data/mini/manifests/{train,dev,test}.{tsv,wrd,ltr}, dict.ltr.txt
 #   3  seqwin prepare text        -> $data/text/{train,valid,test}.txt
-#   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 10-14 codec; 20-23 LMs (each block documents its stages)
+#   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 9-14 codec; 20-23 LMs (each block documents its stages)
 set -euo pipefail
 
 stage=1
@@ -128,7 +128,9 @@ if run_stage 8; then
     --eval "${w2v_evals[@]}" --timings "$w2v_exp/timings.tsv" | tee "$w2v_exp/report.txt"
 fi
 
-# ---- speech codec (stages 10-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec ------------
+# ---- speech codec (stages 9-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec -------------
+# 9  the contextual teacher's text encoder: the LM tokenizer (shared with stage 20) and a text LM
+#    (recipes/lm/mini.yaml on Shakespeare, ~1 min) -> exp/codec/text_lm
 # 10 seqwin train codec (recipes/codec/mini.yaml, 7.5 min budget); skipped once exp/codec/codec.pt exists
 # 11 seqwin tokenize the test split -> exp/codec/tokens/test (codes/<id>.npy int16 (8, frames) + index)
 # 12 seqwin detokenize those codes -> exp/codec/detok/test/<id>.wav
@@ -137,6 +139,27 @@ fi
 # 14 table of the measured codec metrics
 codec_exp=exp/codec
 codec_asr_utts="${CODEC_ASR_UTTS:-20}"
+lm_exp=exp/lm
+# One torch thread: these models are tiny, and with two threads a busy 2-core machine stalls in thread barriers
+# (measured: 1.4 s vs 4.9 s per 4096-token step under load); LM_THREADS=0 lets torch choose.
+lm_threads="${LM_THREADS:-1}"
+
+train_lm_tokenizer() {  # stage 9 and 20: one SentencePiece model (1024 pieces) for every text LM
+  if [[ -f "$lm_exp/tokenizer/tokenizer.json" ]]; then
+    echo "$lm_exp/tokenizer: already trained"
+  else
+    "$seqwin" train tokenizer "$lm_exp/tokenizer" --text "$data/text/train.txt" --vocab-size 1024 \
+      --max-sentences 60000
+  fi
+}
+
+if run_stage 9; then
+  log 9 "text encoder for the codec's contextual teacher -> $codec_exp/text_lm"
+  train_lm_tokenizer
+  # resumes from its last checkpoint, and says "nothing to do" once trained
+  "$seqwin" train lm --config "$repo_root/recipes/lm/mini.yaml" "$codec_exp/text_lm" \
+    --set "data.dir=$data/text" --set "tokenizer.model=$lm_exp/tokenizer" --threads "$lm_threads"
+fi
 
 if run_stage 10; then
   log 10 "train codec -> $codec_exp"
@@ -144,7 +167,7 @@ if run_stage 10; then
     echo "$codec_exp: already trained (codec.pt exists; delete it to train on)"
   else
     "$seqwin" train codec --config "$repo_root/recipes/codec/mini.yaml" "$codec_exp" \
-      --set "data.manifest_dir=$data/mini/manifests"
+      --set "data.manifest_dir=$data/mini/manifests" --set "teachers.text_encoder=$codec_exp/text_lm"
   fi
 fi
 
@@ -188,11 +211,7 @@ fi
 # 22 seqwin generate from the routing LM (constant-memory caches); WindowKV loss vs budget on the full LM
 # 23 speech continuation: seqwin tokenize the mini corpus with the codec at $lm_codec_ckpt (set LM_CODEC_CKPT;
 #    skipped if absent), train the same LM on 2 RVQ levels of codes, continue a test prompt, seqwin detokenize
-lm_exp=exp/lm
-lm_codec_ckpt="${LM_CODEC_CKPT:-${codec_exp:-exp/codec}/codec.pt}"  # stage 10 output
-# One torch thread: these models are tiny, and with two threads a busy 2-core machine stalls in thread barriers
-# (measured: 1.4 s vs 4.9 s per 4096-token step under load); LM_THREADS=0 lets torch choose.
-lm_threads="${LM_THREADS:-1}"
+lm_codec_ckpt="${LM_CODEC_CKPT:-$codec_exp/codec.pt}"  # stage 10 output
 lm_variants=(full local routing)
 declare -A lm_attention=(
   [full]='{default: {kind: full}}'
@@ -202,12 +221,7 @@ declare -A lm_attention=(
 
 if run_stage 20; then
   log 20 "LM tokenizer -> $lm_exp/tokenizer"
-  if [[ -f "$lm_exp/tokenizer/tokenizer.json" ]]; then
-    echo "$lm_exp/tokenizer: already trained"
-  else
-    "$seqwin" train tokenizer "$lm_exp/tokenizer" --text "$data/text/train.txt" --vocab-size 1024 \
-      --max-sentences 60000
-  fi
+  train_lm_tokenizer
 fi
 
 if run_stage 21; then

@@ -8,7 +8,8 @@
 - :class:`HashedNgramTextEncoder`, the text encoder that needs no download: a word's vector is the normalised sum
   of fixed pseudo-random Gaussian vectors of the word and of its character 3-5-grams (fastText's subword hashing,
   untrained, seeded). It is lexical, not contextual like the paper's BERT: words that share spelling get similar
-  vectors, context does not change them. Any object with ``name``, ``dim`` and ``encode(words)`` plugs in instead.
+  vectors, context does not change them. Any object with ``name``, ``dim`` and ``encode(words)`` plugs in instead,
+  e.g. :class:`~seqwin.models.codec.text_encoder.LMTextEncoder` (contextual: one of our trained LMs).
 - :class:`FeatureCache`: ``<dir>/<teacher key>/<sha1 of the utterance key>.npy`` (float16); written atomically,
   reused on every later epoch and run. The teacher key includes a fingerprint of the model weights.
 

@@ -52,7 +52,12 @@ class TeacherConfig:
     asr_checkpoint: Path | None = None
     asr_dictionary: Path | None = None
     """``dict.ltr.txt`` of the ASR model's letters (default: the model file's own, else the manifest folder's)."""
+    text_encoder: Path | None = None
+    """A trained seqwin LM run directory (``seqwin train lm OUT``): its layer-averaged hidden states, pooled per
+    word, embed the transcripts (contextual); None: the hashed n-gram encoder (lexical, untrained)."""
     text_encoder_seed: int = 0
+    """Seeds the hashed n-gram vectors, or the LM encoder's fixed orthonormal map from the LM width to
+    ``model.teacher_dim``."""
     cache_dir: Path | None = None
     """Per-utterance teacher features; default ``OUT/teacher_cache``."""
 

@@ -26,6 +26,7 @@ from seqwin.models.codec.teachers import (
     TextEncoder,
     load_wav2vec2_teacher,
 )
+from seqwin.models.codec.text_encoder import LMTextEncoder
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.data import SegmentBatch, Utterance
 
@@ -49,6 +50,21 @@ def load_teacher_model(path: Path) -> tuple[nn.Module, list[str] | None]:
     return loaded.model.eval(), loaded.dictionary
 
 
+def load_text_encoder(lm_dir: Path | None, dim: int, seed: int) -> TextEncoder:
+    """The LM of a ``seqwin train lm`` directory as text encoder (loaded like ``seqwin eval lm DIR``, on the CPU
+    like the other teachers), or the hashed n-gram encoder when ``lm_dir`` is None."""
+    if lm_dir is None:
+        return HashedNgramTextEncoder(dim, seed=seed)
+    from seqwin.recipes.lm.train import load_trained
+
+    try:
+        _, tokenizer, model, _ = load_trained(lm_dir, device="cpu")
+        return LMTextEncoder(model, tokenizer, dim, seed=seed)
+    except (UserError, ValueError) as exc:  # not a run directory, no checkpoint, a speech-code LM
+        where = "" if str(lm_dir) in str(exc) else f"{lm_dir}: "
+        raise UserError(f"teachers.text_encoder: {where}{exc}") from None
+
+
 class TeacherFeatures:
     def __init__(self, cfg: CodecRecipeConfig, cache_root: Path) -> None:
         t, dim = cfg.teachers, cfg.model.teacher_dim
@@ -66,7 +82,7 @@ class TeacherFeatures:
         self.transcriber = None
         self.context_cache = None
         if t.transcripts != "none":
-            self.text_encoder = HashedNgramTextEncoder(dim, seed=t.text_encoder_seed)
+            self.text_encoder = load_text_encoder(t.text_encoder, dim, t.text_encoder_seed)
             key = self.text_encoder.name
             if t.transcripts == "asr":
                 asr_model, symbols = load_teacher_model(t.asr_checkpoint)
