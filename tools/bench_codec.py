@@ -8,7 +8,8 @@ outlier. Each number is the best of ``--repeats`` runs after one warm-up. Prints
 
 Also reported: the encoder's arithmetic per second of audio (convolutions, linear layers, (Bi)LSTM, RVQ distances;
 ``encode_gflop_per_audio_s``) and this machine's fp32 matmul rate (``matmul_gflops``), whose ratio is the lowest
-encode RTF the CPU allows at full matmul efficiency (``rtf_floor``).
+encode RTF the CPU allows at full matmul efficiency (``rtf_floor``). ``*_bf16`` columns: the same encode with
+``bf16=True`` (``seqwin tokenize --bf16``), side by side in the same run.
 """
 
 from __future__ import annotations
@@ -79,12 +80,14 @@ def encode_gflop_per_second(model: Codec, seconds: float = 1.0) -> float:
 def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
     cfg = load_config(CodecRecipeConfig, RECIPES / f"{config}.yaml", ["model.quantizer.kmeans_init=false"]).model
     torch.manual_seed(0)
-    model = create_codec(cfg).eval()
+    model = create_codec(cfg).eval()  # with its decoder: decode RTF is measured too
     samples = int(seconds * cfg.sample_rate)
     one = 0.1 * torch.randn(1, samples)
     many = 0.1 * torch.randn(batch, samples)
     single = _best(lambda: model.encode(one), repeats)
     batched = _best(lambda: model.encode(many), repeats)
+    single_bf16 = _best(lambda: model.encode(one, bf16=True), repeats)
+    batched_bf16 = _best(lambda: model.encode(many, bf16=True), repeats)
     decode_codes, _ = model.encode(many)
     decode = _best(lambda: model.decode(decode_codes), repeats)
     gflop = encode_gflop_per_second(model)
@@ -93,6 +96,7 @@ def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
         "generator_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "seconds_per_file": seconds, "batch": batch,
         "encode_rtf_single": single / seconds, "encode_rtf_batched": batched / (batch * seconds),
+        "encode_rtf_single_bf16": single_bf16 / seconds, "encode_rtf_batched_bf16": batched_bf16 / (batch * seconds),
         "decode_rtf_batched": decode / (batch * seconds),
         "encode_gflop_per_audio_s": round(gflop, 2),
         "encode_gflops_batched": round(gflop * batch * seconds / batched, 1),

@@ -5,7 +5,7 @@ Output of ``seqwin tokenize INPUT... -o OUT`` (format ``seqwin-codes/1``)::
     OUT/codes/<id>.npy   one int16 array per utterance, shape (num_quantizers, num_frames), C order;
                          row q holds the codes of RVQ level q+1, values in [0, codebook_size)
     OUT/index.json       {"format": "seqwin-codes/1", "sample_rate", "hop_length", "frame_rate",
-                          "num_quantizers", "codebook_size", "checkpoint", "causal",
+                          "num_quantizers", "codebook_size", "checkpoint", "causal", "precision" (fp32|bf16),
                           "utterances": [{"id", "codes", "source", "num_samples", "num_frames"}, ...],
                           "skipped": [{"source", "reason"}, ...]}
     OUT/index.tsv        the same utterances, one per line: id, codes (path relative to OUT), num_frames,
@@ -146,7 +146,7 @@ def _read(inp: AudioInput, sample_rate: int, summary: TokenizeSummary, strict: b
 
 def tokenize(model: Codec, inputs: list[AudioInput], out_dir: Path, *, checkpoint: str = "",
              num_quantizers: int | None = None, batch_size: int = 16, chunk_seconds: float = 60.0,
-             chunk_context_seconds: float = 1.0, strict: bool = False) -> TokenizeSummary:
+             chunk_context_seconds: float = 1.0, strict: bool = False, bf16: bool = False) -> TokenizeSummary:
     cfg = model.cfg
     n = num_quantizers or cfg.quantizer.num_quantizers
     if not 1 <= n <= cfg.quantizer.num_quantizers:
@@ -180,7 +180,7 @@ def tokenize(model: Codec, inputs: list[AudioInput], out_dir: Path, *, checkpoin
             continue
         lens = torch.tensor([len(w) for _, w in group])
         batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for _, w in group], batch_first=True)
-        codes, frame_lens = model.encode(batch, lens, n)
+        codes, frame_lens = model.encode(batch, lens, n, bf16=bf16)
         for row, (inp, wave) in enumerate(group):
             write(inp, wave, codes[row, :, : int(frame_lens[row])])
     for inp in (inp for inp, frames in by_length if frames > chunk):
@@ -189,12 +189,13 @@ def tokenize(model: Codec, inputs: list[AudioInput], out_dir: Path, *, checkpoin
             continue
         summary.chunked += 1
         write(inp, wave, model.encode_chunked(torch.from_numpy(wave), chunk, num_quantizers=n,
-                                              context_samples=context))
+                                              context_samples=context, bf16=bf16))
     summary.wall = time.monotonic() - start
     records.sort(key=lambda r: r["id"])
     index = {"format": FORMAT, "sample_rate": cfg.sample_rate, "hop_length": cfg.hop_length,
              "frame_rate": cfg.frame_rate, "num_quantizers": n, "codebook_size": cfg.quantizer.codebook_size,
-             "checkpoint": checkpoint, "causal": cfg.causal, "utterances": records, "skipped": summary.skipped}
+             "checkpoint": checkpoint, "causal": cfg.causal, "precision": "bf16" if bf16 else "fp32",
+             "utterances": records, "skipped": summary.skipped}
     (out_dir / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     lines = ["id\tcodes\tnum_frames\tnum_samples\tsource"]
     lines += [f"{r['id']}\t{r['codes']}\t{r['num_frames']}\t{r['num_samples']}\t{r['source']}" for r in records]
