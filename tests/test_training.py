@@ -41,6 +41,7 @@ def _write(tmp_path, text):
     ("model: {window: [-5, 0]}", "model.window must be >= -1"),
     ("trainer: {max_steps: 10, warmup_steps: 10}", "trainer.warmup_steps"),
     ("trainer: [1, 2]", "trainer: expected a mapping"),
+    ("trainer: {lr: fast}", "trainer.lr: expected a number"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("[", r"\[")):
@@ -50,6 +51,9 @@ def test_config_errors_name_the_key(tmp_path, text, needle):
 def test_config_overrides(tmp_path):
     cfg = load_config(_Recipe, _write(tmp_path, "model: {dim: 3}"), ["model.window=[4, 2]", "trainer.lr=0.1"])
     assert cfg.model == _Model(3, (4, 2)) and cfg.trainer.lr == 0.1
+    # YAML 1.1 reads 2e-3 (no dot) as a string; a float field takes it as the number it plainly is
+    cfg = load_config(_Recipe, _write(tmp_path, "trainer: {lr: 2e-3}"), ["trainer.grad_clip=1e1"])
+    assert (cfg.trainer.lr, cfg.trainer.grad_clip) == (0.002, 10.0)
 
 
 def _data(epoch, skip):
