@@ -39,21 +39,28 @@ def normalize_words(text: str) -> str:
 
 
 class PocketSphinx:
-    """English ASR from the ``pocketsphinx`` wheel (no download): 16 kHz int16 in, words out."""
+    """English ASR from the ``pocketsphinx`` wheel (no download): 16 kHz int16 in, words out.
+
+    Every utterance gets a fresh decoder (≈ 0.3 s): a reused one carries adaptation state (cepstral mean and
+    more; resetting the CMN alone was not enough) from utterance to utterance, so an original's transcript
+    depended on the reconstruction decoded before it (measured: the same file decoded twice in a row by one
+    decoder gave two different transcripts).
+    """
 
     def __init__(self, sample_rate: int = 16000) -> None:
-        from pocketsphinx import Decoder
-
         if sample_rate != 16000:
             raise ValueError(f"the bundled en-us model expects 16 kHz audio, got {sample_rate}")
-        self.decoder = Decoder(samprate=sample_rate, loglevel="FATAL")
+        self.sample_rate = sample_rate
 
     def __call__(self, wave: np.ndarray) -> str:
+        from pocketsphinx import Decoder
+
+        decoder = Decoder(samprate=self.sample_rate, loglevel="FATAL")
         pcm = (np.clip(wave, -1.0, 1.0) * 32767).astype(np.int16)
-        self.decoder.start_utt()
-        self.decoder.process_raw(pcm.tobytes(), full_utt=True)
-        self.decoder.end_utt()
-        hyp = self.decoder.hyp()
+        decoder.start_utt()
+        decoder.process_raw(pcm.tobytes(), full_utt=True)
+        decoder.end_utt()
+        hyp = decoder.hyp()
         return normalize_words(hyp.hypstr) if hyp is not None else ""
 
 
