@@ -131,7 +131,9 @@ fi
 # ---- speech codec (stages 9-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec -------------
 # 9  the contextual teacher's text encoder: the LM tokenizer (shared with stage 20) and a text LM
 #    (recipes/lm/mini.yaml on Shakespeare, ~1 min) -> exp/codec/text_lm
-# 10 seqwin train codec (recipes/codec/mini.yaml, 7.5 min budget); skipped once exp/codec/codec.pt exists
+# 10 seqwin train codec (recipes/codec/mini.yaml, 7.5 min budget) with both teachers trained here: semantic = the
+#    stage-4 wav2vec2 (its model_dim, 256, is the teacher_dim), contextual = the stage-9 LM over the transcripts;
+#    skipped once exp/codec/codec.pt exists
 # 11 seqwin tokenize the test split -> exp/codec/tokens/test (codes/<id>.npy int16 (8, frames) + index)
 # 12 seqwin detokenize those codes -> exp/codec/detok/test/<id>.wav
 # 13 seqwin eval codec on the test split -> exp/codec/eval_test (metrics.json, index.html listening report);
@@ -167,7 +169,8 @@ if run_stage 10; then
     echo "$codec_exp: already trained (codec.pt exists; delete it to train on)"
   else
     "$seqwin" train codec --config "$repo_root/recipes/codec/mini.yaml" "$codec_exp" \
-      --set "data.manifest_dir=$data/mini/manifests" --set "teachers.text_encoder=$codec_exp/text_lm"
+      --set "data.manifest_dir=$data/mini/manifests" --set "teachers.text_encoder=$codec_exp/text_lm" \
+      --set "teachers.semantic_checkpoint=$w2v_exp/ssl/model.pt" --set model.teacher_dim=256
   fi
 fi
 
