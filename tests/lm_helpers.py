@@ -36,3 +36,16 @@ def layer_kinds(kinds: Sequence[str], local_window: tuple[int, int] = (15, 0)) -
     """Full attention, except local sliding-window attention where ``kinds[i] == "local"``."""
     overrides = {i: AttentionSpec(kind="local", window=local_window) for i, kind in enumerate(kinds) if kind == "local"}
     return LayerAttentionConfig(default=AttentionSpec(kind="full"), overrides=overrides)
+
+
+# `seqwin train lm` config for tiny runs: % (tokenizer kind, data dir, data format)
+TINY_RECIPE = """
+model: {model_dim: 32, num_layers: 2, num_heads: 4, ffn_inner_dim: 64, max_seq_len: 4096,
+        attention: {default: {kind: local, window: [15, 0]},
+                    top: {kind: mixed, local_heads: 2, routing_heads: 2, window: [15, 0], num_clusters: 4,
+                          routing_window: 16},
+                    num_top_layers: 1}}
+tokenizer: {kind: %s, vocab_size: 320, codebooks: 2, codebook_size: 16}
+data: {dir: %s, format: %s, seq_len: 64, batch_size: 2, valid_tokens: 512}
+trainer: {max_steps: 4, warmup_steps: 1, lr: 0.003, checkpoint_every: 2, log_every: 2}
+"""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fairseq2.nn import BatchLayout
-from lm_helpers import layer_kinds, tiny_lm
+from lm_helpers import TINY_RECIPE, layer_kinds, tiny_lm
 from test_codec_util import write_corpus
 
 from seqwin.errors import UserError
@@ -25,26 +25,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TEXT = "".join(f"the cat sat on the mat {i} while a dog ran to the park by the river.\n" for i in range(200))
 WORDS = "the unbelievable cat sat on the riverbank".split()
 
-LM_YAML = """
-model: {model_dim: 32, num_layers: 2, num_heads: 4, ffn_inner_dim: 64, max_seq_len: 512,
-        attention: {default: {kind: local, window: [15, 0]},
-                    top: {kind: mixed, local_heads: 2, routing_heads: 2, window: [15, 0], num_clusters: 4,
-                          routing_window: 16},
-                    num_top_layers: 1}}
-tokenizer: {kind: sentencepiece, vocab_size: 300}
-data: {dir: %s, seq_len: 64, batch_size: 2, valid_tokens: 128}
-trainer: {max_steps: 2, warmup_steps: 1, lr: 0.003, checkpoint_every: 2, log_every: 2, device: cpu}
-"""
-
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
-    """A `seqwin train lm` run directory: SentencePiece tokenizer, local + routing layers, two training steps."""
+    """A `seqwin train lm` run directory: SentencePiece tokenizer, local + routing layers, four training steps."""
     root = tmp_path_factory.mktemp("lm")
     (root / "text").mkdir()
     for split in ("train", "valid"):
         (root / "text" / f"{split}.txt").write_text(TEXT, encoding="utf-8")
-    (root / "lm.yaml").write_text(LM_YAML % (root / "text"))
+    (root / "lm.yaml").write_text(TINY_RECIPE % ("sentencepiece", root / "text", "text"))
     run_train(load_config(LMRecipeConfig, root / "lm.yaml"), root / "run")
     return root / "run"
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fairseq2.nn import BatchLayout
+from lm_helpers import TINY_RECIPE
 
 from seqwin.cli import generate as generate_cli
 from seqwin.cli.main import main
@@ -23,17 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = "".join(f"Line {i}: to be, or not to be — that is the question {i % 7}.\n  Whether 'tis nobler\n\n"
                for i in range(400))
-
-TINY = """
-model: {model_dim: 32, num_layers: 2, num_heads: 4, ffn_inner_dim: 64, max_seq_len: 4096,
-        attention: {default: {kind: local, window: [15, 0]},
-                    top: {kind: mixed, local_heads: 2, routing_heads: 2, window: [15, 0], num_clusters: 4,
-                          routing_window: 16},
-                    num_top_layers: 1}}
-tokenizer: {kind: %s, vocab_size: 320, codebooks: 2, codebook_size: 16}
-data: {dir: %s, format: %s, seq_len: 64, batch_size: 2, valid_tokens: 512}
-trainer: {max_steps: 4, warmup_steps: 1, lr: 0.003, checkpoint_every: 2, log_every: 2}
-"""
 
 
 def _text_corpus(tmp_path):
@@ -109,7 +99,7 @@ def test_score_stream_equals_one_forward():
 def test_train_resume_eval_generate_text(tmp_path, capsys):
     data = _text_corpus(tmp_path)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY % ("byte", data, "text"))
+    cfg.write_text(TINY_RECIPE % ("byte", data, "text"))
     out = tmp_path / "lm"
     assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2.pt", "step_4.pt"]
@@ -141,7 +131,7 @@ def test_train_resume_eval_generate_text(tmp_path, capsys):
 def test_windowkv_eval_table(tmp_path, capsys):
     data = _text_corpus(tmp_path)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY % ("sentencepiece", data, "text"))
+    cfg.write_text(TINY_RECIPE % ("sentencepiece", data, "text"))
     out = tmp_path / "lm"
     assert main(["train", "lm", "--config", str(cfg), str(out), "--set",
                  "model.attention={default: {kind: full}}", "--set", "trainer.max_steps=2"]) == 0
@@ -207,7 +197,7 @@ def test_speech_code_lm(tmp_path, capsys):
     for split, n in (("train", 8), ("valid", 3), ("test", 3)):
         _codes_split(codes / split, n, rng)
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY % ("codes", codes, "codes"))
+    cfg.write_text(TINY_RECIPE % ("codes", codes, "codes"))
     out = tmp_path / "speechlm"
     assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0
     issues = (out / "issues.tsv").read_text()
@@ -221,6 +211,6 @@ def test_speech_code_lm(tmp_path, capsys):
     assert np.array_equal(generated[:, :5], prompt[:2, :5]) and generated.shape[1] >= 5
     assert main(["eval", "lm", str(out), "--split", "test"]) == 0
     assert "per token" in capsys.readouterr().out
-    cfg.write_text((TINY % ("codes", codes, "codes")).replace("codebook_size: 16", "codebook_size: 32"))
+    cfg.write_text((TINY_RECIPE % ("codes", codes, "codes")).replace("codebook_size: 16", "codebook_size: 32"))
     assert main(["train", "lm", "--config", str(cfg), str(tmp_path / "other")]) == 2
     assert "codebook_size is 16" in capsys.readouterr().err

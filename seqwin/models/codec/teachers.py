@@ -66,18 +66,24 @@ class SemanticTeacher:
         frontend = self.model.encoder_frontend
         seqs, layout, _ = frontend.extract_features(x, BatchLayout.of(x, seq_lens=[x.shape[1]]))
         seqs, _ = frontend.process_features(seqs, layout, None)
-        layers: list[Tensor] = []
+        return layer_average(self.model.encoder, seqs, layout)[0].float().cpu()
 
-        def keep(index: int, output: Tensor, output_layout: object, num_layers: int) -> bool:
-            layers.append(output)
-            return True
 
-        handle = self.model.encoder.register_layer_hook(keep)
-        try:
-            self.model.encoder(seqs, layout)
-        finally:
-            handle.remove()
-        return torch.stack(layers).mean(0)[0].float().cpu()
+def layer_average(stack: nn.Module, seqs: Tensor, layout: object) -> Tensor:
+    """Run a fairseq2 encoder or decoder layer stack and return its layers' outputs averaged (the paper's teacher
+    features): a layer hook collects each output as it is computed."""
+    layers: list[Tensor] = []
+
+    def keep(index: int, output: Tensor, output_layout: object, num_layers: int) -> bool:
+        layers.append(output)
+        return True
+
+    handle = stack.register_layer_hook(keep)
+    try:
+        stack(seqs, layout)
+    finally:
+        handle.remove()
+    return torch.stack(layers).mean(0)
 
 
 def save_wav2vec2_teacher(path: Path, model: nn.Module, config: object) -> None:

@@ -17,7 +17,7 @@ from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
-from seqwin.models.codec.teachers import fingerprint
+from seqwin.models.codec.teachers import fingerprint, layer_average
 from seqwin.models.lm.tokenizer import Tokenizer
 
 
@@ -76,18 +76,7 @@ class LMTextEncoder:
             raise ValueError(f"{len(words)} words are {x.shape[1]} tokens, more than the LM's max_seq_len "
                              f"({self.model.max_seq_len})")
         seqs, layout = self.model.decoder_frontend(x, BatchLayout.of(x))
-        layers: list[Tensor] = []
-
-        def collect(index: int, output: Tensor, output_layout: BatchLayout, num_layers: int) -> bool:
-            layers.append(output)
-            return True
-
-        handle = self.model.decoder.register_layer_hook(collect)
-        try:
-            self.model.decoder(seqs, layout)
-        finally:
-            handle.remove()
-        hidden = torch.stack(layers).mean(0)[0, len(self._start):].float()
+        hidden = layer_average(self.model.decoder, seqs, layout)[0, len(self._start):].float()
         word_of = torch.tensor(owner, device=self.device)
         in_word = word_of >= 0
         sums = hidden.new_zeros(len(words), self.width).index_add_(0, word_of[in_word], hidden[in_word])
