@@ -140,7 +140,9 @@ class Codec(nn.Module):
 
         ``bf16``: the encoder's convolutions and matmuls run in bfloat16 (autocast; about twice the CPU throughput
         where the CPU has bf16 instructions), the nearest-code search stays in float32. Codes can differ from the
-        float32 ones where a latent lies near the boundary of two codes; batching and chunking stay consistent.
+        float32 ones where a latent lies near the boundary of two codes (trained demo codec: 97.6 % of level-1 codes
+        equal), and :meth:`encode_chunked` agrees with whole-file encoding only nearly (bf16 rounding depends on the
+        convolution shapes; 99.3-99.98 % of codes per level with 0.5 s chunks) -- float32 is exact.
         """
         with parametrize.cached(), torch.autocast(wav.device.type, torch.bfloat16, enabled=bf16):
             z, frame_lens = self.encode_latent(wav, seq_lens)

@@ -27,7 +27,9 @@ Inputs and bad input:
   :meth:`~seqwin.models.codec.Codec.encode_chunked`: exactly the whole-file codes for a causal codec or any codec
   whose receptive field is bounded (attention bottleneck); for a BiLSTM codec each chunk sees
   ``--chunk-context-seconds`` (default 1 s) of audio on each side and codes within about that distance of a
-  chunk boundary can differ from a whole-file encoding.
+  chunk boundary can differ from a whole-file encoding;
+- ``--bf16`` runs the encoder in bfloat16: codes can differ from float32 ones near code boundaries, and chunked
+  codes match whole-file ones only nearly (bf16 rounding depends on the shapes); ``precision`` in the index.
 
 Batches hold up to ``--batch-size`` files of similar length; padding is masked, so a file's codes do not depend
 on its batch. Teachers are not consulted: a ``fusion``-variant codec encodes with both teacher branches absent
