@@ -30,6 +30,7 @@ class CodecOutput:
     commitment: Tensor  # () unweighted commitment MSE
     frame_lens: Tensor  # (B,) valid frames per row
     teacher_pred: Tensor | None  # (B, F, teacher_dim) projected RVQ level 1 (distill / context_align variants)
+    latent: Tensor  # (B, F, latent_dim) the encoder's output, before fusion and quantization
 
 
 def _make_sequence_model(cfg: CodecConfig, dim: int) -> nn.Module | None:
@@ -124,13 +125,12 @@ class Codec(nn.Module):
     # -- public API ----------------------------------------------------------------------------------------
 
     def forward(self, wav: Tensor, seq_lens: Tensor | None = None, teachers: TeacherBatch | None = None) -> CodecOutput:
-        z, frame_lens = self.encode_latent(wav, seq_lens)
-        if self.fusion is not None:
-            z = self.fusion(z, teachers)
+        latent, frame_lens = self.encode_latent(wav, seq_lens)
+        z = latent if self.fusion is None else self.fusion(latent, teachers)
         out = self.quantizer(z, _mask(frame_lens, z.shape[1]))
         recon = self.decode_latent(out.quantized, frame_lens)[:, : wav.shape[1]]
         pred = self.teacher_proj(out.first_level) if self.teacher_proj is not None else None
-        return CodecOutput(recon, out.codes, out.commitment, frame_lens, pred)
+        return CodecOutput(recon, out.codes, out.commitment, frame_lens, pred, latent)
 
     @torch.inference_mode()
     def encode(self, wav: Tensor, seq_lens: Tensor | None = None, num_quantizers: int | None = None,

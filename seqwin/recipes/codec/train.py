@@ -154,7 +154,7 @@ def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss) ->
         # collapse diagnostics: an output far quieter than the input (rms_ratio << 1), and a latent whose
         # time-constant part dwarfs its frame-to-frame variation (latent_offset >> 1), which RVQ maps to one code
         totals["rms_ratio"] += float(out.recon.std() / x.std().clamp_min(1e-8))
-        totals["latent_offset"] += latent_offset(model.encode_latent(x)[0][0])
+        totals["latent_offset"] += latent_offset(out.latent[0])
         codes.append(out.codes[0].cpu())
     values = {k: v / max(1, len(waves)) for k, v in totals.items()}
     if codes:
