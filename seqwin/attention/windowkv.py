@@ -37,6 +37,11 @@ from fairseq2.nn import IncrementalStateBag
 from torch import Tensor, nn
 
 
+def budget_list(budget: float | Sequence[float]) -> list[float]:
+    """A WindowKV budget (one fraction, or one per layer group) as a list."""
+    return list(budget) if isinstance(budget, (list, tuple)) else [budget]
+
+
 @dataclass(kw_only=True)
 class WindowKVConfig:
     budget: float | list[float] = 0.12
@@ -49,7 +54,7 @@ class WindowKVConfig:
 
     def budgets(self) -> list[float]:
         """The budget as given: one value (for all groups) or one per group."""
-        return list(self.budget) if isinstance(self.budget, (list, tuple)) else [self.budget]
+        return budget_list(self.budget)
 
     def validate(self) -> None:
         budgets = self.budgets()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention.windowkv import WindowKVConfig
+from seqwin.attention.windowkv import WindowKVConfig, budget_list
 from seqwin.models.lm.decoding import Decoder, attention_layers, decoding_session
 from seqwin.recipes.lm.data import eval_windows
 
@@ -59,7 +59,7 @@ class BudgetRow:
 
     @property
     def budgets(self) -> list[float]:
-        return list(self.budget) if isinstance(self.budget, (list, tuple)) else [self.budget]
+        return budget_list(self.budget)
 
     @property
     def is_full(self) -> bool:
