@@ -9,7 +9,9 @@ outlier. Each number is the best of ``--repeats`` runs after one warm-up. Prints
 Also reported: the encoder's arithmetic per second of audio (convolutions, linear layers, (Bi)LSTM, RVQ distances;
 ``encode_gflop_per_audio_s``) and this machine's fp32 matmul rate (``matmul_gflops``), whose ratio is the lowest
 encode RTF the CPU allows at full matmul efficiency (``rtf_floor``). ``*_bf16`` columns: the same encode with
-``bf16=True`` (``seqwin tokenize --bf16``), side by side in the same run.
+``bf16=True`` (``seqwin tokenize --bf16``), side by side in the same run. The heap setting of ``seqwin tokenize``
+(:func:`seqwin.cpu_memory.keep_freed_memory`) is applied as there; ``--system-malloc`` leaves glibc's default, to
+measure what it gains (run both in turn: the setting cannot be undone inside one process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seqwin.cpu_memory import keep_freed_memory
 from seqwin.models.codec import Codec, create_codec
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.training import load_config
@@ -110,14 +113,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", nargs="+", default=["fusecodec_librispeech", "mini"])
     parser.add_argument("--out", type=Path, default=Path("bench_out/codec.json"))
+    parser.add_argument("--system-malloc", action="store_true", help="glibc's default heap (no keep_freed_memory)")
     args = parser.parse_args()
+    heap = "glibc default" if args.system_malloc else ("kept" if keep_freed_memory() else "glibc default")
     gflops = matmul_gflops()
     runs = [bench(c, args.seconds, args.batch, args.repeats) for c in args.configs]
     for run in runs:
         run["rtf_floor"] = round(run["encode_gflop_per_audio_s"] / gflops, 3)
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "matmul_gflops": round(gflops, 1)},
+                    "torch": torch.__version__, "matmul_gflops": round(gflops, 1), "freed_heap": heap},
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace, *, decoder: bool = True):
     import torch
 
+    from seqwin.cpu_memory import keep_freed_memory
     from seqwin.recipes.codec.checkpoint import load_codec
 
+    keep_freed_memory()  # large activations: reuse freed heap instead of fresh page-faulted mmaps per layer
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
