@@ -18,6 +18,7 @@ draw identical masks, and a 1-process run with ``update_freq = N`` takes the sam
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
@@ -108,7 +109,19 @@ def create_gangs(device: torch.device):
 
     if dist.is_initialized():  # a second Trainer in the same process reuses the group
         return create_parallel_gangs(ProcessGroupGang(dist.group.WORLD, device))
-    return create_parallel_gangs(ProcessGroupGang.create_default_process_group(device))
+    gangs = create_parallel_gangs(ProcessGroupGang.create_default_process_group(device))
+    # Destroy the group while the interpreter is still alive: left to static destructors at exit, gloo's worker
+    # threads were sometimes torn down still joinable ("terminate called without an active exception", rank
+    # killed with SIGABRT after training had finished; seen once in tests/test_distributed_recipes.py).
+    atexit.register(_destroy_process_group)
+    return gangs
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def micro_batch_seed(seed: int, step: int, index: int) -> int:
