@@ -12,7 +12,6 @@ applied globally.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _ONE_GIB = 1 << 30
@@ -21,11 +20,9 @@ _ONE_GIB = 1 << 30
 def keep_freed_memory(threshold_bytes: int = _ONE_GIB) -> bool:
     """Serve allocations below ``threshold_bytes`` from the heap and keep up to that much freed memory in it.
     Returns False (and changes nothing) where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    try:  # the running process's own symbols: libc is already loaded (find_library would spawn ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold_bytes))
