@@ -9,9 +9,12 @@ outlier. Each number is the best of ``--repeats`` runs after one warm-up. Prints
 Also reported: the encoder's arithmetic per second of audio (convolutions, linear layers, (Bi)LSTM, RVQ distances;
 ``encode_gflop_per_audio_s``) and this machine's fp32 matmul rate (``matmul_gflops``), whose ratio is the lowest
 encode RTF the CPU allows at full matmul efficiency (``rtf_floor``). ``*_bf16`` columns: the same encode with
-``bf16=True`` (``seqwin tokenize --bf16``), side by side in the same run. The heap setting of ``seqwin tokenize``
-(:func:`seqwin.cpu_memory.keep_freed_memory`) is applied as there; ``--system-malloc`` leaves glibc's default, to
-measure what it gains (run both in turn: the setting cannot be undone inside one process).
+``bf16=True`` (``seqwin tokenize --bf16``), side by side in the same run. The models are prepared as ``seqwin
+tokenize`` / ``detokenize`` prepare them (``Codec.fold_for_inference``: weight norm folded; for the bf16 columns
+an encoder-only copy with bf16 weights). Writes ``--out`` and a bar plot next to it (``.png``). The heap
+setting of ``seqwin tokenize`` (:func:`seqwin.cpu_memory.keep_freed_memory`) is applied as there;
+``--system-malloc`` leaves glibc's default, to measure what it gains (run both in turn: the setting cannot be
+undone inside one process).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import nn
 
 from seqwin.cpu_memory import keep_freed_memory
 from seqwin.models.codec import Codec, create_codec
+from seqwin.models.codec.seanet import SConv1d
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.training import load_config
 
@@ -53,8 +57,8 @@ def encode_gflop_per_second(model: Codec, seconds: float = 1.0) -> float:
     forward, the (Bi)LSTM and the RVQ distance matmuls from their shapes."""
     macs = [0]
 
-    def conv(mod: nn.Conv1d, _inp, out: torch.Tensor) -> None:
-        macs[0] += out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0]
+    def conv(mod: SConv1d, _inp, out: torch.Tensor) -> None:  # either layout: out.numel() = B * C_out * T_out
+        macs[0] += out.numel() * mod.conv.in_channels // mod.conv.groups * mod.conv.kernel_size[0]
 
     def linear(mod: nn.Linear, _inp, out: torch.Tensor) -> None:
         macs[0] += out.numel() * mod.in_features
@@ -67,7 +71,8 @@ def encode_gflop_per_second(model: Codec, seconds: float = 1.0) -> float:
             macs[0] += dirs * 4 * mod.hidden_size * (width + mod.hidden_size) * steps
 
     # hooks see only what encode() runs (the decoder's layers are not counted)
-    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, nn.Conv1d)]
+    # (on SConv1d, not nn.Conv1d: the channels-last stages call conv2d on its weights, not its forward)
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, SConv1d)]
     hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, nn.Linear)]
     hooks += [m.register_forward_hook(lstm) for m in model.modules() if isinstance(m, nn.LSTM)]
     cfg = model.cfg
@@ -84,16 +89,22 @@ def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
     cfg = load_config(CodecRecipeConfig, RECIPES / f"{config}.yaml", ["model.quantizer.kmeans_init=false"]).model
     torch.manual_seed(0)
     model = create_codec(cfg).eval()  # with its decoder: decode RTF is measured too
+    gflop = encode_gflop_per_second(model)
+    # as seqwin tokenize / detokenize run them: weight norm folded, and the bf16 one with bf16 weights
+    model_bf16 = create_codec(cfg, decoder=False)
+    keys = model_bf16.state_dict().keys()
+    model_bf16.load_state_dict({k: v for k, v in model.state_dict().items() if k in keys})
+    model.fold_for_inference()
+    model_bf16.fold_for_inference(bf16=True)
     samples = int(seconds * cfg.sample_rate)
     one = 0.1 * torch.randn(1, samples)
     many = 0.1 * torch.randn(batch, samples)
     single = _best(lambda: model.encode(one), repeats)
     batched = _best(lambda: model.encode(many), repeats)
-    single_bf16 = _best(lambda: model.encode(one, bf16=True), repeats)
-    batched_bf16 = _best(lambda: model.encode(many, bf16=True), repeats)
+    single_bf16 = _best(lambda: model_bf16.encode(one, bf16=True), repeats)
+    batched_bf16 = _best(lambda: model_bf16.encode(many, bf16=True), repeats)
     decode_codes, _ = model.encode(many)
     decode = _best(lambda: model.decode(decode_codes), repeats)
-    gflop = encode_gflop_per_second(model)
     return {
         "config": config, "bottleneck": cfg.bottleneck, "causal": cfg.causal,
         "generator_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -127,7 +138,35 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    _plot(runs, args.out.with_suffix(".png"))
     print(json.dumps(results, indent=1))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+COLUMNS = {"encode_rtf_single": "encode, 1 file", "encode_rtf_batched": "encode, batched",
+           "encode_rtf_single_bf16": "encode bf16, 1 file", "encode_rtf_batched_bf16": "encode bf16, batched",
+           "decode_rtf_batched": "decode, batched"}
+
+
+def _plot(runs: list[dict], png: Path) -> None:
+    """One group of bars per config (real-time factor of each column), with the issue's 0.05 target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.2 + 2.6 * len(runs), 4))
+    width = 0.8 / len(COLUMNS)
+    for k, (key, label) in enumerate(COLUMNS.items()):
+        xs = [i + (k - (len(COLUMNS) - 1) / 2) * width for i in range(len(runs))]
+        ax.bar(xs, [r[key] for r in runs], width, label=label)
+    ax.axhline(0.05, color="k", ls="--", lw=1, label="target RTF 0.05 (batched)")
+    ax.set_xticks(range(len(runs)), [f"{r['config']}\n{r['batch']} x {r['seconds_per_file']:g} s" for r in runs])
+    ax.set(ylabel="wall s / audio s (lower is faster)", title="codec real-time factor on this CPU")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
 
 
 if __name__ == "__main__":

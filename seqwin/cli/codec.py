@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     detok.set_defaults(func=_detokenize)
 
 
-def _prepare(args: argparse.Namespace, *, decoder: bool = True):
+def _prepare(args: argparse.Namespace, *, decoder: bool = True, bf16: bool = False):
     import torch
 
     from seqwin.cpu_memory import keep_freed_memory
@@ -54,7 +54,7 @@ def _prepare(args: argparse.Namespace, *, decoder: bool = True):
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out}: exists and is not a directory")
-    return load_codec(args.checkpoint, decoder=decoder)
+    return load_codec(args.checkpoint, decoder=decoder).fold_for_inference(bf16=bf16)
 
 
 def _tokenize(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     if args.chunk_context_seconds < 0:
         raise UserError(f"--chunk-context-seconds must be >= 0, got {args.chunk_context_seconds}")
     inputs = collect_inputs(args.inputs)
-    model = _prepare(args, decoder=False)  # tokenizing runs the encoder side only: the decoder is not even built
+    model = _prepare(args, decoder=False, bf16=args.bf16)  # encoder side only: the decoder is not even built
     summary = tokenize(model, inputs, args.out, checkpoint=str(args.checkpoint), num_quantizers=args.num_quantizers,
                        batch_size=args.batch_size, chunk_seconds=args.chunk_seconds,
                        chunk_context_seconds=args.chunk_context_seconds, strict=args.strict, bf16=args.bf16)

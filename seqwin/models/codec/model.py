@@ -144,6 +144,9 @@ class Codec(nn.Module):
         equal), and :meth:`encode_chunked` agrees with whole-file encoding only nearly (bf16 rounding depends on the
         convolution shapes; 99.3-99.98 % of codes per level with 0.5 s chunks) -- float32 is exact.
         """
+        if not bf16 and self.encoder_out.conv.bias.dtype == torch.bfloat16:  # (the weight may be parametrized)
+            raise ValueError("this codec's encoder weights are bfloat16 (fold_for_inference(bf16=True)): "
+                             "encode with bf16=True")
         with parametrize.cached(), torch.autocast(wav.device.type, torch.bfloat16, enabled=bf16):
             z, frame_lens = self.encode_latent(wav, seq_lens)
             if self.fusion is not None:
@@ -164,6 +167,26 @@ class Codec(nn.Module):
         if frame_lens is not None:
             wav = wav * _mask(frame_lens * self.hop, wav.shape[1]).to(wav.dtype)
         return wav
+
+    def fold_for_inference(self, *, bf16: bool = False) -> Codec:
+        """Make this an inference-only codec, as ``seqwin tokenize`` and ``detokenize`` use it: fold the weight
+        normalisation into plain convolution weights (instead of recomputing them on every call), run the
+        encoder's few-channel stages channels-last (:meth:`SEANetEncoder.set_channels_last`) and, with ``bf16``,
+        store the encoder side's weights in bfloat16. Those are the values autocast casts them to on every
+        ``encode(bf16=True)`` call, so the codes stay the same; the casts are what is saved (about 5 % of the
+        paper-size encode on a 2-core CPU). The RVQ codebooks stay float32, as the search does. A folded codec
+        cannot be trained or saved as a training checkpoint (its weights are no longer the trained parameters)."""
+        self.encoder.set_channels_last()
+        for module in self.modules():
+            if parametrize.is_parametrized(module):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if bf16:
+            for part in (self.encoder, self.encoder_seq, self.encoder_out, self.fusion):
+                for module in () if part is None else part.modules():
+                    # what autocast runs in bf16; norms stay float32, as autocast keeps them
+                    if isinstance(module, (nn.Conv1d, nn.Linear, nn.LSTM)):
+                        module.to(torch.bfloat16)
+        return self.eval()
 
     # -- chunked encoding ----------------------------------------------------------------------------------
 

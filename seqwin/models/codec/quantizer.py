@@ -72,17 +72,18 @@ class ResidualQuantizer(nn.Module):
         code stack is exactly what an ``n``-level quantizer would produce); -1 on padded frames."""
         n = self._check_levels(num_quantizers)
         books = self.rvq.codebooks  # (Q, K, D)
-        residual = z
+        b, t, d = z.shape
+        residual = z.reshape(b * t, d)
         codes = []
         # The library's nearest-code search (Euclidean, no sampling in eval), done directly on the codebooks:
         # the per-layer forward adds masking, gumbel and bookkeeping passes that dominate CPU tokenization.
+        # argmin_k |r - c_k|^2 = argmin_k (|c_k|^2 - 2 r.c_k) (|r|^2 is the same for every code): one addmm.
         # Its float rounding differs from the library's, so a near-tie (distances equal to rounding, or a
         # duplicated code) can resolve to the other code; encode() is self-consistent (batching, chunking).
         for book in books[:n]:
-            dist = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T + book.pow(2).sum(-1)
-            index = dist.argmin(-1)
+            index = torch.addmm(book.pow(2).sum(-1), residual, book.T, alpha=-2).argmin(-1)
             residual = residual - book[index]
-            codes.append(index)
+            codes.append(index.view(b, t))
         return torch.stack(codes, dim=1).masked_fill(~mask[:, None], -1)
 
     def lookup(self, codes: Tensor) -> Tensor:
