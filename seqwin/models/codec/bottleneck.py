@@ -28,7 +28,12 @@ from seqwin.attention import sliding_window_attention
 
 class LSTMBottleneck(nn.Module):
     """2-layer bidirectional LSTM (SpeechTokenizer); output width is ``2 * dim``. Padding is packed away so the
-    backward direction of each row starts at its own last valid frame."""
+    backward direction of each row starts at its own last valid frame.
+
+    :meth:`split_directions` (inference): padded batches run each layer's two directions as separate LSTMs on the
+    padded tensor, the backward one on rows reversed within their own lengths. Padding then only ever follows a
+    row's valid frames, so their outputs are the packed ones; CPU LSTMs on packed sequences leave oneDNN for a
+    per-step kernel, 30 % slower for the paper model on a 2-core CPU (0.0168 vs 0.013 s per audio second)."""
 
     includes_input = False
 
@@ -36,14 +41,47 @@ class LSTMBottleneck(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(dim, dim, num_layers=num_layers, batch_first=True, bidirectional=True)
         self.out_dim = 2 * dim
+        # per layer: (forward, backward) one-direction LSTMs sharing self.lstm's parameters; a plain list, so
+        # they are neither submodules nor in the state dict
+        self._directions: list[tuple[nn.LSTM, nn.LSTM]] | None = None
+
+    def split_directions(self) -> None:
+        """Build the one-direction LSTMs (after any dtype change: they share the parameter tensors)."""
+        lstm = self.lstm
+        self._directions = []
+        for layer in range(lstm.num_layers):
+            pair = []
+            for suffix in ("", "_reverse"):
+                one = nn.LSTM(lstm.input_size if layer == 0 else 2 * lstm.hidden_size, lstm.hidden_size,
+                              batch_first=True, device="meta")
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    setattr(one, f"{name}_l0", getattr(lstm, f"{name}_l{layer}{suffix}"))
+                pair.append(one.eval())
+            self._directions.append((pair[0], pair[1]))
 
     def forward(self, x: Tensor, seq_lens: Tensor) -> Tensor:
         frames = x.shape[1]
         if bool((seq_lens == frames).all()):
             return self.lstm(x)[0]
+        if self._directions is not None:
+            return self._split_forward(x, seq_lens)
         packed = nn.utils.rnn.pack_padded_sequence(x, seq_lens.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=frames)[0]
+
+    def _split_forward(self, x: Tensor, seq_lens: Tensor) -> Tensor:
+        frames = x.shape[1]
+        t = torch.arange(frames, device=x.device)[None]
+        lens = seq_lens.to(x.device)[:, None]
+        # frame t of row b <-> frame len_b - 1 - t within the row; padding stays where it is (an involution)
+        order = torch.where(t < lens, lens - 1 - t, t)
+
+        def flip(h: Tensor) -> Tensor:
+            return h.gather(1, order[..., None].expand_as(h))
+
+        for forward, backward in self._directions:
+            x = torch.cat([forward(x)[0], flip(backward(flip(x))[0])], dim=-1)
+        return x * (t < lens)[..., None].to(x.dtype)  # zeros past each row's end, as pad_packed_sequence gives
 
 
 def windowed_mean(x: Tensor, mask: Tensor, window: tuple[int, int]) -> Tensor:

@@ -171,7 +171,8 @@ class Codec(nn.Module):
     def fold_for_inference(self, *, bf16: bool = False) -> Codec:
         """Make this an inference-only codec, as ``seqwin tokenize`` and ``detokenize`` use it: fold the weight
         normalisation into plain convolution weights (instead of recomputing them on every call), run the
-        encoder's few-channel stages channels-last (:meth:`SEANetEncoder.set_channels_last`) and, with ``bf16``,
+        encoder's few-channel stages channels-last (:meth:`SEANetEncoder.set_channels_last`), run BiLSTMs on
+        padded batches without packing (:meth:`LSTMBottleneck.split_directions`) and, with ``bf16``,
         store the encoder side's weights in bfloat16. Those are the values autocast casts them to on every
         ``encode(bf16=True)`` call, so the codes stay the same; the casts are what is saved (about 5 % of the
         paper-size encode on a 2-core CPU). The RVQ codebooks stay float32, as the search does. A folded codec
@@ -186,6 +187,9 @@ class Codec(nn.Module):
                     # what autocast runs in bf16; norms stay float32, as autocast keeps them
                     if isinstance(module, (nn.Conv1d, nn.Linear, nn.LSTM)):
                         module.to(torch.bfloat16)
+        for seq in (self.encoder_seq, self.decoder_seq):
+            if isinstance(seq, LSTMBottleneck):
+                seq.split_directions()
         return self.eval()
 
     # -- chunked encoding ----------------------------------------------------------------------------------

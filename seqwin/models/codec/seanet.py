@@ -169,10 +169,17 @@ def _run_masked(layers: nn.Sequential, x: Tensor, valid: Tensor | None, *, chann
         elif isinstance(layer, SConvTranspose1d):
             valid = valid * layer.stride
         if isinstance(layer, (SConv1d, SConvTranspose1d, ResidualUnit)):
-            time_dim = 1 if channels_last else 2
-            keep = torch.arange(x.shape[time_dim], device=x.device)[None] < valid[:, None]  # (B, T)
-            x = x * (keep[:, :, None] if channels_last else keep[:, None]).to(x.dtype)
+            _zero_tails(x, valid, time_dim=1 if channels_last else 2)
     return x if channels_last == start else x.transpose(1, 2)
+
+
+def _zero_tails(x: Tensor, valid: Tensor, time_dim: int) -> None:
+    """Zero each row's frames from ``valid[row]`` on, in place: batches are sorted by length, so this touches
+    little more than the padding (a mask multiply would read and write the whole activation, every layer)."""
+    size = x.shape[time_dim]
+    for row, keep in enumerate(valid.tolist()):
+        if keep < size:
+            x[row].narrow(time_dim - 1, keep, size - keep).zero_()
 
 
 def receptive_context(module: nn.Module) -> tuple[int, int]:
