@@ -6,6 +6,12 @@ batched, for the paper-size codec (recipes/codec/fusecodec_librispeech.yaml's mo
 Weights are random (speed does not depend on them); k-means initialisation is off so the first call is not an
 outlier. Each number is the best of ``--repeats`` runs after one warm-up. Prints and writes JSON.
 
+``encode_*`` columns time ``Codec.encode`` on equal-length files; ``tokenize_rtf[_bf16]`` time the whole
+``seqwin tokenize`` path on ``8 x --batch`` FLAC files of 0.6-1.4 x ``--seconds`` (reading, length-sorted padded
+batches, writing codes; best of ``--tokenize-repeats`` after a one-batch warm-up). ``tokenize_padding``: the
+fraction of extra (padded) samples those batches encode; it shrinks as a corpus grows and neighbours in length
+order get closer.
+
 Also reported: the encoder's arithmetic per second of audio (convolutions, linear layers, (Bi)LSTM, RVQ distances;
 ``encode_gflop_per_audio_s``) and this machine's fp32 matmul rate (``matmul_gflops``), whose ratio is the lowest
 encode RTF the CPU allows at full matmul efficiency (``rtf_floor``). ``*_bf16`` columns: the same encode with
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,7 +92,42 @@ def encode_gflop_per_second(model: Codec, seconds: float = 1.0) -> float:
     return 2 * macs[0] / seconds / 1e9
 
 
-def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
+def _corpus(root: Path, count: int, seconds: float, sample_rate: int) -> tuple[list, list[int]]:
+    """``count`` 16-bit FLAC files of 0.6 ... 1.4 x ``seconds`` (uniform; noise: speed does not depend on it)."""
+    import soundfile as sf
+
+    from seqwin.recipes.codec.tokenize import collect_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    (root / "wav").mkdir()
+    lengths = []
+    for k in range(count):
+        length = int(seconds * sample_rate * (0.6 + 0.8 * torch.rand((), generator=gen).item()))
+        lengths.append(length)
+        wave = (0.1 * torch.randn(length, generator=gen)).clamp(-1, 1).numpy()
+        sf.write(root / "wav" / f"u{k:04d}.flac", wave, sample_rate, subtype="PCM_16")
+    return collect_inputs([root / "wav"]), lengths
+
+
+def padding_fraction(lengths: list[int], batch: int) -> float:
+    """Samples encoded beyond the audio when sorted lengths are batched ``batch`` at a time (as tokenize does)."""
+    lengths = sorted(lengths)
+    groups = [lengths[i: i + batch] for i in range(0, len(lengths), batch)]
+    return sum(max(g) * len(g) for g in groups) / sum(lengths) - 1
+
+
+def _tokenize_rtf(model: Codec, files: list, tmp: Path, batch: int, bf16: bool, repeats: int) -> float:
+    """``seqwin tokenize``'s own RTF (reading, length-sorted batches with padding, writing codes), best of
+    ``repeats`` after a warm-up on one batch."""
+    from seqwin.recipes.codec.tokenize import tokenize
+
+    tag = "bf16" if bf16 else "fp32"
+    tokenize(model, files[:batch], tmp / f"warm_{tag}", batch_size=batch, bf16=bf16)
+    runs = [tokenize(model, files, tmp / f"{tag}_{k}", batch_size=batch, bf16=bf16) for k in range(repeats)]
+    return min(run.wall / run.seconds for run in runs)
+
+
+def bench(config: str, seconds: float, batch: int, repeats: int, tokenize_repeats: int) -> dict:
     cfg = load_config(CodecRecipeConfig, RECIPES / f"{config}.yaml", ["model.quantizer.kmeans_init=false"]).model
     torch.manual_seed(0)
     model = create_codec(cfg).eval()  # with its decoder: decode RTF is measured too
@@ -105,6 +147,10 @@ def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
     batched_bf16 = _best(lambda: model_bf16.encode(many, bf16=True), repeats)
     decode_codes, _ = model.encode(many)
     decode = _best(lambda: model.decode(decode_codes), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, lengths = _corpus(Path(tmp), 8 * batch, seconds, cfg.sample_rate)
+        tokenize_fp32 = _tokenize_rtf(model, files, Path(tmp), batch, False, tokenize_repeats)
+        tokenize_bf16 = _tokenize_rtf(model_bf16, files, Path(tmp), batch, True, tokenize_repeats)
     return {
         "config": config, "bottleneck": cfg.bottleneck, "causal": cfg.causal,
         "generator_params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
@@ -112,6 +158,8 @@ def bench(config: str, seconds: float, batch: int, repeats: int) -> dict:
         "encode_rtf_single": single / seconds, "encode_rtf_batched": batched / (batch * seconds),
         "encode_rtf_single_bf16": single_bf16 / seconds, "encode_rtf_batched_bf16": batched_bf16 / (batch * seconds),
         "decode_rtf_batched": decode / (batch * seconds),
+        "tokenize_rtf": tokenize_fp32, "tokenize_rtf_bf16": tokenize_bf16, "tokenize_files": len(files),
+        "tokenize_padding": round(padding_fraction(lengths, batch), 3),
         "encode_gflop_per_audio_s": round(gflop, 2),
         "encode_gflops_batched": round(gflop * batch * seconds / batched, 1),
     }
@@ -124,11 +172,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", nargs="+", default=["fusecodec_librispeech", "mini"])
     parser.add_argument("--out", type=Path, default=Path("bench_out/codec.json"))
+    parser.add_argument("--tokenize-repeats", type=int, default=1,
+                        help="runs of the tokenize columns (8 x batch files each)")
     parser.add_argument("--system-malloc", action="store_true", help="glibc's default heap (no keep_freed_memory)")
     args = parser.parse_args()
     heap = "glibc default" if args.system_malloc else ("kept" if keep_freed_memory() else "glibc default")
     gflops = matmul_gflops()
-    runs = [bench(c, args.seconds, args.batch, args.repeats) for c in args.configs]
+    runs = [bench(c, args.seconds, args.batch, args.repeats, args.tokenize_repeats) for c in args.configs]
     for run in runs:
         run["rtf_floor"] = round(run["encode_gflop_per_audio_s"] / gflops, 3)
     results = {
@@ -145,6 +195,7 @@ def main() -> None:
 
 COLUMNS = {"encode_rtf_single": "encode, 1 file", "encode_rtf_batched": "encode, batched",
            "encode_rtf_single_bf16": "encode bf16, 1 file", "encode_rtf_batched_bf16": "encode bf16, batched",
+           "tokenize_rtf": "seqwin tokenize", "tokenize_rtf_bf16": "seqwin tokenize --bf16",
            "decode_rtf_batched": "decode, batched"}
 
 
