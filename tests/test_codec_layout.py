@@ -1,6 +1,7 @@
-"""Inference layouts of the codec against the plain ones: the SEANet encoder's channels-last stages against the
-channels-first reference (the same weights through nn.Conv1d), forward and gradients, fp32 and bf16, causal and
-not, odd lengths with padded rows; and the folded (tokenize-time) codec against the trained one."""
+"""Inference layouts of the codec against the plain ones: the SEANet encoder's and decoder's channels-last
+stages against the channels-first reference (the same weights through nn.Conv1d / ConvTranspose1d), forward and
+gradients, fp32 and bf16, causal and not, odd lengths with padded rows; the split BiLSTM against the packed one;
+and the folded (tokenize-time) codec against the trained one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from test_codec_util import speechlike, tiny_codec_config
 
 from seqwin.models.codec import create_codec
 from seqwin.models.codec.bottleneck import LSTMBottleneck
-from seqwin.models.codec.seanet import SEANetEncoder
+from seqwin.models.codec.seanet import SEANetDecoder, SEANetEncoder
 
 
 def _run(encoder: SEANetEncoder, wav: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype):
@@ -49,6 +50,29 @@ def test_channels_last_encoder_matches_channels_first(below, causal, dtype):
     scale = ref_wav_grad.abs().max()
     torch.testing.assert_close(wav_grad / scale, ref_wav_grad / scale, **tol)
     for grad, ref_grad in zip(grads, ref_grads, strict=True):
+        scale = ref_grad.abs().max().clamp_min(1e-12)
+        torch.testing.assert_close(grad / scale, ref_grad / scale, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("below", [512, 16])  # every stage channels-last | the 64- and 32-channel ones only
+def test_channels_last_decoder_matches_channels_first(below, causal, dtype):
+    torch.manual_seed(0)
+    decoder = SEANetDecoder(4, (2, 4, 5, 8), 7, 3, 2, 2, causal)
+    decoder.set_channels_last(below)
+    layouts = [m.channels_last for m in decoder.modules() if hasattr(m, "channels_last")]
+    assert any(layouts) and (all(layouts) == (below == 512))
+    valid = torch.tensor([7, 5, 2])  # frames
+    features = torch.randn(3, 64, 7) * (torch.arange(7)[None] < valid[:, None])[:, None]
+    out, grad_in, grads = _run(decoder, features, valid, dtype)
+    decoder.set_channels_last(0)
+    ref, ref_grad_in, ref_grads = _run(decoder, features, valid, dtype)
+    assert out.shape == ref.shape == (3, 1, 7 * 320)
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out / ref.abs().max(), ref / ref.abs().max(), **tol)
+    assert (out[1, :, 5 * 320:] == 0).all() and (out[2, :, 2 * 320:] == 0).all()
+    for grad, ref_grad in zip([grad_in, *grads], [ref_grad_in, *ref_grads], strict=True):
         scale = ref_grad.abs().max().clamp_min(1e-12)
         torch.testing.assert_close(grad / scale, ref_grad / scale, **tol)
 

@@ -6,13 +6,14 @@ Shapes: waveform ``(batch, 1, samples)`` <-> features ``(batch, channels, frames
 encoding exact). A causal conv pads on the left only; a non-causal one pads both sides.
 
 Memory layout: for inference (:meth:`SEANetEncoder.set_channels_last`, which ``Codec.fold_for_inference``
-calls) the encoder keeps its few-channel, high-rate stages channels-last, ``(batch, time, channels)``, and runs
-their convolutions as oneDNN's NHWC conv2d; it switches to ``(batch, channels, time)`` once the width reaches
-:data:`CHANNELS_LAST_BELOW`. Measured on a 2-core Zen 4 CPU in bf16 (batch 16 x 5 s, each conv alone):
-64->128 k4/s2 at 16 kHz 173 -> 106 ms, 128->64 k3 at 8 kHz 121 -> 77 ms, 128->256 k8/s4 280 -> 208 ms,
-256->512 k10/s5 274 -> 218 ms; but 512->1024 k16/s8 158 -> 203 ms and 2048->1024 k7 at 50 Hz 275 -> 366 ms,
-where the channels-first kernels are the faster ones. The layout changes no result beyond float rounding.
-Training stays channels-first: the demo codec's forward + backward was 1-4 % slower channels-last.
+calls; the decoder has the same) the encoder keeps its few-channel, high-rate stages channels-last,
+``(batch, time, channels)``, and runs their convolutions as oneDNN's NHWC conv2d; it switches to
+``(batch, channels, time)`` once the width reaches :data:`CHANNELS_LAST_BELOW`. Measured on a 2-core Zen 4 CPU
+in bf16 (batch 16 x 5 s, each conv alone): 64->128 k4/s2 at 16 kHz 173 -> 106 ms, 128->64 k3 at 8 kHz
+121 -> 77 ms, 128->256 k8/s4 280 -> 208 ms, 256->512 k10/s5 274 -> 218 ms; but 512->1024 k16/s8 158 -> 203 ms
+and 2048->1024 k7 at 50 Hz 275 -> 366 ms, where the channels-first kernels are the faster ones. The layout
+changes no result beyond float rounding. Training stays channels-first: the demo codec's forward + backward was
+no faster channels-last (1-4 % slower, within this machine's noise).
 """
 
 from __future__ import annotations
@@ -68,11 +69,17 @@ class SConvTranspose1d(nn.Module):
         self.stride = stride
         total = kernel - stride
         self.trim = (0, total) if causal else (total - total // 2, total // 2)
+        self.channels_last = False  # as SConv1d's
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)
         left, right = self.trim
-        return y[..., left: y.shape[-1] - right]
+        if not self.channels_last:
+            y = self.conv(x)
+            return y[..., left: y.shape[-1] - right]
+        weight = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        y = F.conv_transpose2d(x.transpose(1, 2).unsqueeze(2), weight, self.conv.bias, stride=(1, self.stride))
+        y = y.squeeze(2).transpose(1, 2)  # (B, T, C)
+        return y[:, left: y.shape[1] - right].contiguous()
 
 
 class ResidualUnit(nn.Module):
@@ -114,14 +121,7 @@ class SEANetEncoder(nn.Module):
 
     def set_channels_last(self, below: int = CHANNELS_LAST_BELOW) -> None:
         """Run the layers whose input is narrower than ``below`` channels-last (``below=0``: none, as built)."""
-        for layer in self.layers:
-            if isinstance(layer, SConv1d):
-                layer.channels_last = layer.conv.in_channels < below
-            elif isinstance(layer, ResidualUnit):  # the whole unit in one layout: its block does not transpose
-                layer.channels_last = layer.dim < below
-                for conv in layer.block:
-                    if isinstance(conv, SConv1d):
-                        conv.channels_last = layer.channels_last
+        _set_channels_last(self.layers, below)
 
     def forward(self, wav: Tensor, valid: Tensor | None = None) -> Tensor:
         """``wav (B, 1, T)``; ``valid``: per-row valid samples (multiples of the hop), ``None`` when no row is
@@ -147,6 +147,22 @@ class SEANetDecoder(nn.Module):
     def forward(self, features: Tensor, valid: Tensor | None = None) -> Tensor:
         """``valid``: per-row valid frames; ``None`` when no row is padded."""
         return _run_masked(self.layers, features, valid, channels_last=False)
+
+    def set_channels_last(self, below: int = CHANNELS_LAST_BELOW) -> None:
+        """As :meth:`SEANetEncoder.set_channels_last`. Measured alone (fp32, batch 16 x 5 s): transposed conv
+        128->64 s2 796 -> 321 ms, residual convs 20-35 % faster, transposed 256->128 s4 853 -> 948 ms."""
+        _set_channels_last(self.layers, below)
+
+
+def _set_channels_last(layers: nn.Sequential, below: int) -> None:
+    for layer in layers:
+        if isinstance(layer, (SConv1d, SConvTranspose1d)):
+            layer.channels_last = layer.conv.in_channels < below
+        elif isinstance(layer, ResidualUnit):  # the whole unit in one layout: its block does not transpose
+            layer.channels_last = layer.dim < below
+            for conv in layer.block:
+                if isinstance(conv, SConv1d):
+                    conv.channels_last = layer.channels_last
 
 
 def _run_masked(layers: nn.Sequential, x: Tensor, valid: Tensor | None, *, channels_last: bool) -> Tensor:
