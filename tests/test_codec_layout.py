@@ -25,53 +25,41 @@ def _run(encoder: SEANetEncoder, wav: torch.Tensor, valid: torch.Tensor, dtype: 
     return y.float(), x.grad, grads
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("below", [512, 16])  # every stage channels-last | the first two, then channels-first
-def test_channels_last_encoder_matches_channels_first(below, causal, dtype):
-    torch.manual_seed(0)
+def _encoder_case(causal: bool):
     # two residual units per stage: dilations 1 and 2; strides 5 (k=10) give the asymmetric non-causal padding
     encoder = SEANetEncoder(4, (2, 4, 5, 8), 7, 3, 2, 2, causal)
-    encoder.set_channels_last(below)
-    layouts = [m.channels_last for m in encoder.modules() if hasattr(m, "channels_last")]
-    assert any(layouts) and (all(layouts) == (below == 512))
     hop = 320
-    valid = torch.tensor([7 * hop, 5 * hop, 2 * hop])  # odd frame counts, two padded rows
+    valid = torch.tensor([7 * hop, 5 * hop, 2 * hop])  # samples: odd frame counts, two padded rows
     wav = torch.stack([torch.from_numpy(speechlike(7 * hop / 16000, seed=k)) for k in range(3)])[:, None]
-    wav = wav * (torch.arange(wav.shape[-1])[None] < valid[:, None])[:, None]
-    out, wav_grad, grads = _run(encoder, wav, valid, dtype)
-    encoder.set_channels_last(0)
-    assert not any(m.channels_last for m in encoder.modules() if hasattr(m, "channels_last"))
-    ref, ref_wav_grad, ref_grads = _run(encoder, wav, valid, dtype)
-    assert out.shape == ref.shape == (3, 4 * 16, 7)
-    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
-    torch.testing.assert_close(out, ref, **tol)
-    assert (out[1, :, 5:] == 0).all() and (out[2, :, 2:] == 0).all()  # padded frames stay zero
-    scale = ref_wav_grad.abs().max()
-    torch.testing.assert_close(wav_grad / scale, ref_wav_grad / scale, **tol)
-    for grad, ref_grad in zip(grads, ref_grads, strict=True):
-        scale = ref_grad.abs().max().clamp_min(1e-12)
-        torch.testing.assert_close(grad / scale, ref_grad / scale, **tol)
+    return encoder, wav * (torch.arange(wav.shape[-1])[None] < valid[:, None])[:, None], valid, valid // hop
+
+
+def _decoder_case(causal: bool):
+    decoder = SEANetDecoder(4, (2, 4, 5, 8), 7, 3, 2, 2, causal)
+    valid = torch.tensor([7, 5, 2])  # frames
+    features = torch.randn(3, 64, 7) * (torch.arange(7)[None] < valid[:, None])[:, None]
+    return decoder, features, valid, valid * 320
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("below", [512, 16])  # every stage channels-last | the 64- and 32-channel ones only
-def test_channels_last_decoder_matches_channels_first(below, causal, dtype):
+@pytest.mark.parametrize("below", [512, 16])  # every stage channels-last | the narrow ones, then channels-first
+@pytest.mark.parametrize("case", [_encoder_case, _decoder_case], ids=["encoder", "decoder"])
+def test_channels_last_matches_channels_first(case, below, causal, dtype):
     torch.manual_seed(0)
-    decoder = SEANetDecoder(4, (2, 4, 5, 8), 7, 3, 2, 2, causal)
-    decoder.set_channels_last(below)
-    layouts = [m.channels_last for m in decoder.modules() if hasattr(m, "channels_last")]
+    net, inputs, valid, valid_out = case(causal)
+    net.set_channels_last(below)
+    layouts = [m.channels_last for m in net.modules() if hasattr(m, "channels_last")]
     assert any(layouts) and (all(layouts) == (below == 512))
-    valid = torch.tensor([7, 5, 2])  # frames
-    features = torch.randn(3, 64, 7) * (torch.arange(7)[None] < valid[:, None])[:, None]
-    out, grad_in, grads = _run(decoder, features, valid, dtype)
-    decoder.set_channels_last(0)
-    ref, ref_grad_in, ref_grads = _run(decoder, features, valid, dtype)
-    assert out.shape == ref.shape == (3, 1, 7 * 320)
+    out, grad_in, grads = _run(net, inputs, valid, dtype)
+    net.set_channels_last(0)
+    assert not any(m.channels_last for m in net.modules() if hasattr(m, "channels_last"))
+    ref, ref_grad_in, ref_grads = _run(net, inputs, valid, dtype)
+    assert out.shape == ref.shape
     tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(out / ref.abs().max(), ref / ref.abs().max(), **tol)
-    assert (out[1, :, 5 * 320:] == 0).all() and (out[2, :, 2 * 320:] == 0).all()
+    for row, keep in enumerate(valid_out.tolist()):  # padded frames / samples stay zero
+        assert (out[row, :, keep:] == 0).all()
     for grad, ref_grad in zip([grad_in, *grads], [ref_grad_in, *ref_grads], strict=True):
         scale = ref_grad.abs().max().clamp_min(1e-12)
         torch.testing.assert_close(grad / scale, ref_grad / scale, **tol)
