@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_codec_util import speechlike, tiny_codec_config
+from test_codec_util import speechlike, tiny_codec_config, zero_conv_biases
 
 from seqwin.models.codec import CodecConfig, QuantizerConfig, create_codec, fusecodec_base
 from seqwin.models.codec.fusion import TeacherBatch, align_tokens_to_frames
@@ -74,8 +74,9 @@ def test_chunked_lstm_documented_boundary_behaviour():
     whole, _ = model.encode(wave[None])
     chunked = model.encode_chunked(wave, 16000, context_samples=8000)
     assert chunked.shape == whole[0].shape
-    # the BiLSTM's memory fades but never ends: most codes agree, boundary neighbourhoods may not
-    assert (chunked == whole[0]).float().mean() > 0.8
+    # the BiLSTM's memory fades but never ends: boundary neighbourhoods may differ (measured: all 600 codes equal
+    # with 0.5 s of context)
+    assert (chunked == whole[0]).float().mean() >= 0.98
     with pytest.raises(ValueError, match="at least one hop"):
         model.encode_chunked(wave, 100)
 
@@ -147,21 +148,14 @@ def test_fast_encode_matches_the_library_quantizer():
     fast, library = model.encode(wave)[0], model(wave).codes
     # the same nearest-code search; only float near-ties (rounding-level distance differences, duplicate codes
     # from k-means on few vectors) may resolve to another code
-    assert (fast == library).float().mean() > 0.95
+    assert (fast == library).float().mean() >= 0.99  # measured: all 300 equal
     gap = (model.quantizer.lookup(fast) - model.quantizer.lookup(library)).abs().mean()
     assert gap < 0.01 * model.quantizer.lookup(library).abs().mean()
 
 
 @pytest.mark.parametrize("bottleneck,causal", [("attention", True), ("lstm", False)])
 def test_bf16_encoding_is_consistent_and_close_to_fp32(bottleneck, causal):
-    model = _model(bottleneck=bottleneck, causal=causal)
-    # An untrained SEANet's output is nearly all conv bias, constant over time; bf16 keeps 8 bits of it and the
-    # per-frame part drowns in its rounding. Trained codecs are not like that (demo codec: 0.3 % latent error,
-    # level-1 codes 97.6 % equal), so the biases are zeroed to test the arithmetic, not the initialisation.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv1d) and module.bias is not None:
-                module.bias.zero_()
+    model = zero_conv_biases(_model(bottleneck=bottleneck, causal=causal))
     waves = [torch.from_numpy(speechlike(s, seed=i)) for i, s in enumerate((0.9, 0.55))]
     batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
     lens = torch.tensor([len(w) for w in waves])
@@ -184,4 +178,4 @@ def test_bf16_encoding_is_consistent_and_close_to_fp32(bottleneck, causal):
         assert torch.equal(bf16[row, :, : frame_lens[row]], alone[0])
     if causal:  # near-exact only: bf16 rounding depends on the convolution shapes (see test_codec_tokenize)
         whole, _ = model.encode(waves[0][None], bf16=True)
-        assert (model.encode_chunked(waves[0], 4800, bf16=True) == whole[0]).float().mean() > 0.9
+        assert (model.encode_chunked(waves[0], 4800, bf16=True) == whole[0]).float().mean() >= 0.98  # measured 1.0

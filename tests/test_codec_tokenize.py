@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_codec_util import speechlike, tiny_codec_config, write_corpus
+from test_codec_util import speechlike, tiny_codec_config, write_corpus, zero_conv_biases
 
 from seqwin.cli import codec as codec_cli
 from seqwin.errors import UserError
@@ -30,7 +30,7 @@ def _run(*argv: str) -> int:
 def codec_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("codec") / "codec.pt"
-    export_codec(create_codec(tiny_codec_config()).eval(), path)
+    export_codec(zero_conv_biases(create_codec(tiny_codec_config()).eval()), path)  # bf16 tests: see there
     return path
 
 
@@ -91,10 +91,12 @@ def test_long_file_chunks_match_whole_file_and_num_quantizers(tmp_path, codec_fi
     _run(*args, "-o", str(tmp_path / "bf16_chunked"), "--bf16", "--chunk-seconds", "0.5")
     bf16 = np.load(tmp_path / "bf16" / "codes" / "long.npy")
     assert json.loads((tmp_path / "bf16" / "index.json").read_text())["precision"] == "bf16"
-    # bf16 rounding depends on the convolution shapes, so chunks agree with the whole file only nearly (trained demo
-    # codec, 0.5 s chunks: 99.98 % of level-1 codes, 99.3 % of level-8 ones); float32 is exact (above)
+    # bf16 rounding depends on the convolution shapes, so chunks agree with the whole file only nearly (this tiny
+    # codec: 98.4 % of codes; trained demo codec, 0.5 s chunks: 99.98 % of level-1 codes, 99.3 % of level-8 ones);
+    # float32 is exact (above). bf16 against float32: 96.9 % here; a convolution computed wrongly gives chance level
     agree = (np.load(tmp_path / "bf16_chunked" / "codes" / "long.npy") == bf16).mean()
-    assert bf16.shape == whole.shape and agree > 0.9, agree
+    assert bf16.shape == whole.shape and agree >= 0.97, agree
+    assert (bf16 == whole).mean() >= 0.93
     _run("detokenize", str(tmp_path / "two" / "codes" / "long.npy"), "-o", str(tmp_path / "w"),
          "--checkpoint", str(codec_file))
     assert sf.info(str(tmp_path / "w" / "long.wav")).frames == 153 * 320  # no index: whole frames

@@ -14,6 +14,10 @@ in bf16 (batch 16 x 5 s, each conv alone): 64->128 k4/s2 at 16 kHz 173 -> 106 ms
 and 2048->1024 k7 at 50 Hz 275 -> 366 ms, where the channels-first kernels are the faster ones. The layout
 changes no result beyond float rounding. Training stays channels-first: the demo codec's forward + backward was
 no faster channels-last (1-4 % slower, within this machine's noise).
+
+bf16 on CPU: each distinct convolution configuration (kind, shape, layout) is checked once per process against
+float32 on the CPU that runs it, and one that CPU computes wrongly runs in float32 (:mod:`seqwin.models.cpu_bf16`:
+torch 2.9.1's AMX bf16 convolutions are wrong for some few-channel shapes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
+
+from seqwin.models.cpu_bf16 import bf16_is_sound, runs_in_bf16_on_cpu
 
 # Encoder stages narrower than this run channels-last at inference (see the module docstring for the numbers).
 CHANNELS_LAST_BELOW = 512
@@ -46,18 +52,29 @@ class SConv1d(nn.Module):
                                                                self.padding_total // 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        return _checked_conv(self, x)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        dilation = self.conv.dilation[0]
         if not self.channels_last:
-            return self.conv(F.pad(x, self.context))
+            return F.conv1d(F.pad(x, self.context), weight, bias, stride=self.stride, dilation=dilation)
         left, right = self.context
         both = min(left, right)  # the symmetric part is the convolution's own zero padding (no copy)
         if left != right:
             x = F.pad(x, (0, 0, left - both, right - both))
         # (B, T, C) viewed as an NHWC image of height 1; the weight as (C_out, C_in, 1, k) in the same format
-        weight = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight, self.conv.bias, stride=(1, self.stride),
-                     padding=(0, both), dilation=(1, self.conv.dilation[0]))
+        weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight, bias, stride=(1, self.stride), padding=(0, both),
+                     dilation=(1, dilation))
         # a one-channel input makes both formats the same and conv2d answers channels-first: make it (B, T, C)
         return y.squeeze(2).transpose(1, 2).contiguous()
+
+    def _bf16_sound(self, weight: Tensor) -> bool:
+        cout, cin, kernel = weight.shape
+        time = 32 * self.stride + sum(self.context)  # 32 outputs
+        key = ("conv1d", cin, cout, kernel, self.stride, self.conv.dilation[0], self.context, self.channels_last)
+        x_shape = (2, time, cin) if self.channels_last else (2, cin, time)
+        return bf16_is_sound(key, [x_shape, tuple(weight.shape), (cout,)], self._conv)
 
 
 class SConvTranspose1d(nn.Module):
@@ -72,14 +89,33 @@ class SConvTranspose1d(nn.Module):
         self.channels_last = False  # as SConv1d's
 
     def forward(self, x: Tensor) -> Tensor:
+        return _checked_conv(self, x)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         left, right = self.trim
         if not self.channels_last:
-            y = self.conv(x)
+            y = F.conv_transpose1d(x, weight, bias, stride=self.stride)
             return y[..., left: y.shape[-1] - right]
-        weight = self.conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        y = F.conv_transpose2d(x.transpose(1, 2).unsqueeze(2), weight, self.conv.bias, stride=(1, self.stride))
+        weight = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        y = F.conv_transpose2d(x.transpose(1, 2).unsqueeze(2), weight, bias, stride=(1, self.stride))
         y = y.squeeze(2).transpose(1, 2)  # (B, T, C)
         return y[:, left: y.shape[1] - right].contiguous()
+
+    def _bf16_sound(self, weight: Tensor) -> bool:
+        cin, cout, kernel = weight.shape
+        key = ("conv_transpose1d", cin, cout, kernel, self.stride, self.trim, self.channels_last)
+        x_shape = (2, 32, cin) if self.channels_last else (2, cin, 32)
+        return bf16_is_sound(key, [x_shape, tuple(weight.shape), (cout,)], self._conv)
+
+
+def _checked_conv(layer: SConv1d | SConvTranspose1d, x: Tensor) -> Tensor:
+    """``layer``'s convolution, in float32 where bf16 would run a configuration this CPU gets wrong
+    (:mod:`seqwin.models.cpu_bf16`)."""
+    weight, bias = layer.conv.weight, layer.conv.bias
+    if runs_in_bf16_on_cpu(x, weight) and not layer._bf16_sound(weight):
+        with torch.autocast("cpu", enabled=False):
+            return layer._conv(x.float(), weight.float(), bias.float())
+    return layer._conv(x, weight, bias)
 
 
 class ResidualUnit(nn.Module):
