@@ -72,8 +72,9 @@ class Machine:
         if sudo:
             self._stub("sudo", f'echo "sudo $*" >> {self.log}\nexec "$@"\n')
         if apt:
-            text = APT_GET.format(python=sys.executable, root=str(root), available=list(available),
-                                  provides=self.provides)
+            text = APT_GET.format(
+                python=sys.executable, root=str(root), available=list(available), provides=self.provides
+            )
             self._stub("apt-get", text, shebang=False)
         for name, version in pythons:
             self._stub(name, PYTHON.format(name=name, version=version, root=root), shebang=False)
@@ -89,8 +90,9 @@ class Machine:
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess:
         # PATH is the stub folder alone: no real apt-get, compiler or Python can be reached.
-        return subprocess.run([BASH, str(SETUP), *args], env={"PATH": str(self.bin), **env},
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [BASH, str(SETUP), *args], env={"PATH": str(self.bin), **env}, capture_output=True, text=True, timeout=30
+        )
 
     def calls(self, prefix: str = "") -> list[str]:
         return [c for c in self.log.read_text().splitlines() if c.startswith(prefix)]
@@ -106,8 +108,10 @@ def test_nothing_missing_installs_nothing(tmp_path, mode):
     m = Machine(tmp_path, installed=EVERYTHING)
     r = m.run(mode)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == ("setup: system packages: nothing to install "
-                                "(Python 3.11: python3.11, C compiler: x86_64-linux-gnu-gcc, libsndfile)")
+    assert r.stdout.strip() == (
+        "setup: system packages: nothing to install "
+        "(Python 3.11: python3.11, C compiler: x86_64-linux-gnu-gcc, libsndfile)"
+    )
     assert m.calls("apt-get") == []
     _check_no_venv_or_pip(m)
 
@@ -116,8 +120,10 @@ def test_everything_missing_dry_run_names_the_apt_command(tmp_path):
     m = Machine(tmp_path)
     r = m.run("--dry-run")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == ("setup: missing libsndfile.so.1, Python 3.11, C compiler gcc; "
-                                f"would run: apt-get install -y {' '.join(EVERYTHING)}")
+    assert r.stdout.strip() == (
+        "setup: missing libsndfile.so.1, Python 3.11, C compiler gcc; "
+        f"would run: apt-get install -y {' '.join(EVERYTHING)}"
+    )
     assert m.calls("apt-get") == []
 
 
@@ -166,8 +172,10 @@ def test_not_root_with_sudo_installs_through_sudo(tmp_path):
     assert "would run: sudo apt-get install -y libsndfile1" in m.run("--dry-run").stdout
     r = m.run("--system-only")
     assert r.returncode == 0, r.stderr
-    assert m.calls("sudo") == ["sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq",
-                               "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsndfile1"]
+    assert m.calls("sudo") == [
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq",
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsndfile1",
+    ]
 
 
 def test_no_apt_get_names_the_packages(tmp_path):
@@ -181,8 +189,12 @@ def test_no_apt_get_names_the_packages(tmp_path):
 
 
 def test_only_another_python_and_apt_has_no_3_11(tmp_path):
-    m = Machine(tmp_path, installed=EVERYTHING[:1] + ["gcc"], pythons=[("python3", "3.12.3")],
-                available=["gcc", "libc6-dev", "libsndfile1"])
+    m = Machine(
+        tmp_path,
+        installed=EVERYTHING[:1] + ["gcc"],
+        pythons=[("python3", "3.12.3")],
+        available=["gcc", "libc6-dev", "libsndfile1"],
+    )
     assert "missing Python 3.11 (python3 is Python 3.12.3)" in m.run("--dry-run").stdout
     r = m.run("--system-only")
     assert r.returncode == 1
@@ -217,6 +229,10 @@ def test_unknown_option(tmp_path):
 def test_stubs_shadow_the_real_tools(tmp_path):
     # Guards the fixture itself: the script sees the stubs, never this machine's apt-get or compiler.
     m = Machine(tmp_path)
-    r = subprocess.run([BASH, "-c", "command -v apt-get gcc cc python3 || true"], env={"PATH": str(m.bin)},
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [BASH, "-c", "command -v apt-get gcc cc python3 || true"],
+        env={"PATH": str(m.bin)},
+        capture_output=True,
+        text=True,
+    )
     assert r.stdout.split() == [str(m.bin / "apt-get")]
