@@ -57,9 +57,12 @@ detect() {
   command -v "$compiler" >/dev/null || { need+=(gcc libc6-dev); why+=("C compiler $compiler"); }
 }
 
+# "missing A, B, C" from detect's why.
+describe() { local text="missing ${why[*]/%/,}"; echo "${text%,}"; }
+
 detect
 if [ ${#need[@]} -gt 0 ]; then
-  missing="missing ${why[*]/%/,}"; missing=${missing%,}
+  missing=$(describe)
   command -v apt-get >/dev/null \
     || fail "$missing: install the Debian/Ubuntu packages ${need[*]} (or their equivalents; no apt-get here), then rerun"
   sudo=()
@@ -82,7 +85,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   "${apt[@]}" install -y -qq "${need[@]}"
   detect
-  [ ${#need[@]} -eq 0 ] || fail "still missing after apt-get install: ${why[*]} (packages ${need[*]})"
+  [ ${#need[@]} -eq 0 ] || fail "after apt-get install, still $(describe)"
 elif [ "$mode" != all ]; then
   echo "setup: system packages: nothing to install (Python 3.11: $py, C compiler: $compiler, libsndfile)"
 fi
