@@ -50,6 +50,18 @@ def probe_audio(path: Path, *, sample_rate: int | None = None, verify: bool = Tr
     header keeps announcing the original length) and NaN/inf samples; with ``verify=False`` only the header
     is read, except for float encodings, which are always scanned for non-finite values.
     """
+    result = read_header(path, sample_rate=sample_rate)
+    if verify or result.subtype in _FLOAT_SUBTYPES:
+        _scan(path, result)
+    return result
+
+
+def read_header(path: Path, *, sample_rate: int | None = None) -> AudioInfo:
+    """The header facts of ``path`` without decoding any audio (about 0.1 ms per file).
+
+    Raises :class:`AudioError` for a missing, empty or unreadable file, zero frames, or a sample rate other
+    than ``sample_rate``; truncated files and NaN/inf samples need a full decode (:func:`probe_audio`).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -57,10 +69,11 @@ def probe_audio(path: Path, *, sample_rate: int | None = None, verify: bool = Tr
     if size == 0:
         raise AudioError(path, "empty file", "0 bytes")
     try:
-        info = sf.info(str(path))
+        # An open SoundFile has parsed the header; sf.info() also formats descriptions we do not use (~1.4x slower).
+        with sf.SoundFile(str(path)) as f:
+            result = AudioInfo(int(f.frames), int(f.samplerate), int(f.channels), str(f.subtype))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(path, "unreadable audio", _sf_message(exc)) from None
-    result = AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), str(info.subtype))
     if result.num_frames <= 0:
         raise AudioError(path, "zero-length audio", "0 samples")
     if sample_rate is not None and result.sample_rate != sample_rate:
@@ -69,8 +82,6 @@ def probe_audio(path: Path, *, sample_rate: int | None = None, verify: bool = Tr
             "wrong sample rate",
             f"{result.sample_rate} Hz, expected {sample_rate} Hz (resample it first)",
         )
-    if verify or result.subtype in _FLOAT_SUBTYPES:
-        _scan(path, result)
     return result
 
 

@@ -11,8 +11,10 @@ out of that epoch so that all ranks run the same number of steps (logged). Every
 Lengths outside ``[min_audio_len, max_audio_len]`` (in samples, from the manifest) are either skipped and
 counted (``out_of_range="skip"``, logged with the counts when the dataset is opened, see
 :attr:`AudioManifestDataset.stats`) or rejected with an error naming the first offending manifest line
-(``out_of_range="error"``). Missing audio files are found when the dataset is opened (``check_files``), and
-audio that fails to decode raises :class:`~seqwin.data.audio.AudioError` naming the file and manifest line.
+(``out_of_range="error"``). Every row's audio header is read when the dataset is opened (``check_files``, see
+:mod:`seqwin.data.manifest_audio`): missing files are an error, unusable ones are skipped and counted like the
+lengths (``strict``: an error). Audio that fails to decode later (truncated files, NaN/inf samples) raises
+:class:`~seqwin.data.audio.AudioError` naming the file and manifest line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch.nn.functional import layer_norm
 from seqwin.data.audio import AudioError, read_audio
 from seqwin.data.errors import DataError, where
 from seqwin.data.manifest import CharDictionary, ManifestEntry, read_labels, read_manifest
+from seqwin.data.manifest_audio import check_rows
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ class AudioReaderConfig:
     normalize: bool = False
     """Per-utterance zero mean / unit variance (what wav2vec2 large models expect)."""
     check_files: bool = True
+    """Read every row's audio header when the dataset is opened (missing files are an error; empty, unreadable,
+    zero-length, wrong-rate or stale-length rows are skipped and counted)."""
+    strict: bool = False
+    """With ``check_files``: the first unusable row is an error naming the manifest line and the file."""
     num_parallel_calls: int = 2
     num_prefetch: int = 2
 
@@ -101,7 +108,8 @@ class ManifestStats:
     too_short: int
     too_long: int
     kept_samples: int
-    skipped: list[str] = field(default_factory=list)  # "tsv:line relpath (reason)" for every skipped entry
+    skipped: list[str] = field(default_factory=list)  # every skipped entry: where it is and why
+    unusable: int = 0  # skipped by the audio header check
 
 
 class AudioManifestDataset:
@@ -129,7 +137,7 @@ class AudioManifestDataset:
         self._symbol_index = dictionary.index() if dictionary is not None else {}
         self.entries, self.labels, self.stats = self._filter(entries, labels)
         if config.check_files:
-            self._check_files()
+            self._check_audio()
         self.lengths = np.array([e.num_samples for e in self.entries], dtype=np.int64)
 
     def _filter(
@@ -175,12 +183,23 @@ class AudioManifestDataset:
             )
         return kept, kept_labels, stats
 
-    def _check_files(self) -> None:
-        missing = [e for e in self.entries if not (self.root / e.rel_path).is_file()]
-        if missing:
-            shown = "; ".join(f"line {e.line}: {self.root / e.rel_path}" for e in missing[:3])
-            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise DataError(f"{self.manifest}: {len(missing)} missing audio file(s): {shown}{more}")
+    def _check_audio(self) -> None:
+        keep, issues = check_rows(
+            self.manifest, self.root, self.entries, sample_rate=self.config.sample_rate, strict=self.config.strict
+        )
+        if len(keep) == len(self.entries):
+            return
+        self.entries = [self.entries[i] for i in keep]
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep]
+        self.stats = replace(
+            self.stats,
+            kept=len(self.entries),
+            kept_samples=sum(e.num_samples for e in self.entries),
+            skipped=self.stats.skipped
+            + [f"{i.path} ({i.category}: {i.detail})" for i in issues.issues],
+            unusable=issues.num_skipped,
+        )
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -15,6 +15,7 @@ Output: ``OUT/{train,valid,test}.txt``, ``OUT/splits.tsv`` (which unit went wher
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
@@ -98,6 +99,46 @@ def _decode(data: bytes, path: Path | str) -> str:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(f"{where(path, line)}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_text_file(path: Path, block_size: int = 1 << 20) -> None:
+    """Raise :class:`DataError` unless ``path`` is non-blank UTF-8 text; streamed, so any size is fine.
+
+    Tools that take "text" (SentencePiece among them) accept any bytes and would happily learn from an audio
+    file or a UTF-16 export; the error names the byte offset (and line) of the first offending byte. A NUL byte
+    counts as binary: valid UTF-8, but no text file has one.
+    """
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a text file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such text file")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0  # bytes and newlines before the current block
+    blank = True
+    with path.open("rb") as f:
+        while block := f.read(block_size):
+            nul = block.find(b"\0")
+            pending = len(decoder.getstate()[0])  # an incomplete character carried over from the last block
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                bad = offset - pending + exc.start
+                if nul < 0 or bad < offset + nul:  # report whichever comes first
+                    line = lines + block.count(b"\n", 0, max(0, bad - offset)) + 1
+                    raise DataError(f"{where(path, line)}: not UTF-8 text ({exc.reason} at byte {bad})") from None
+            if nul >= 0:
+                line = lines + block.count(b"\n", 0, nul) + 1
+                raise DataError(f"{where(path, line)}: not text (NUL byte at byte {offset + nul}; binary data?)")
+            blank = blank and not text.strip()
+            offset += len(block)
+            lines += block.count(b"\n")
+    pending = len(decoder.getstate()[0])
+    if pending:  # the file ends inside a multi-byte character
+        raise DataError(f"{where(path, lines + 1)}: not UTF-8 text (truncated character at byte {offset - pending})")
+    if offset == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    if blank:
+        raise DataError(f"{path}: no text, only whitespace ({offset} bytes)")
 
 
 def fetch_shakespeare(cache_dir: Path) -> Path:

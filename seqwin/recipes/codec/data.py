@@ -19,6 +19,7 @@ from torch import Tensor
 
 from seqwin.data.errors import DataError
 from seqwin.data.manifest import ManifestEntry, read_labels, read_manifest
+from seqwin.data.manifest_audio import check_rows
 from seqwin.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,29 +41,36 @@ class SegmentBatch:
     starts: list[int]  # crop offsets in samples (multiples of the hop)
 
 
-def read_split(manifest_dir: Path, split: str, *, with_text: bool, min_samples: int = 1) -> list[Utterance]:
+def read_split(manifest_dir: Path, split: str, *, with_text: bool, sample_rate: int | None = None,
+               min_samples: int = 1, strict: bool = False) -> list[Utterance]:
+    """The utterances of ``split`` of at least ``min_samples`` whose audio header is usable (the rest are skipped
+    and counted, see :mod:`seqwin.data.manifest_audio`; ``strict``: the first unusable row is an error)."""
     tsv = Path(manifest_dir) / f"{split}.tsv"
     try:
         root, entries = read_manifest(tsv)
         texts = read_labels(tsv.with_suffix(".wrd"), len(entries)) if with_text else [None] * len(entries)
     except DataError as exc:
         raise UserError(str(exc)) from None
-    kept: list[Utterance] = []
+    long_enough: list[tuple[ManifestEntry, str | None]] = []
     short: list[ManifestEntry] = []
     for entry, text in zip(entries, texts, strict=True):
         if entry.num_samples < min_samples:
             short.append(entry)
-            continue
-        path = root / entry.rel_path
-        kept.append(Utterance(path, entry.num_samples, text, f"{path}:{entry.num_samples}"))
+        else:
+            long_enough.append((entry, text))
     if short:
         log.warning("%s: skipped %d utterance(s) shorter than %d samples, e.g. line %d %s", tsv, len(short),
                     min_samples, short[0].line, short[0].rel_path)
-    if not kept:
+    if not long_enough:
         raise UserError(f"{tsv}: no utterances of at least {min_samples} samples")
-    missing = [u.path for u in kept if not u.path.is_file()]
-    if missing:
-        raise UserError(f"{tsv}: {len(missing)} missing audio file(s), e.g. {missing[0]}")
+    try:
+        usable, _ = check_rows(tsv, root, [e for e, _ in long_enough], sample_rate=sample_rate, strict=strict)
+    except DataError as exc:
+        raise UserError(str(exc)) from None
+    kept = []
+    for entry, text in (long_enough[i] for i in usable):
+        path = root / entry.rel_path
+        kept.append(Utterance(path, entry.num_samples, text, f"{path}:{entry.num_samples}"))
     return kept
 
 

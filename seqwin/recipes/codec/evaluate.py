@@ -58,7 +58,7 @@ def evaluate_codec(checkpoint: Path, data: list[Path], out_dir: Path, *, num_qua
                    report_utterances: int = 8) -> list[str]:
     model = load_codec(checkpoint)
     cfg = model.cfg
-    n = num_quantizers or cfg.quantizer.num_quantizers
+    n = cfg.quantizer.num_quantizers if num_quantizers is None else num_quantizers  # 0 is an error, not 'all'
     if not 1 <= n <= cfg.quantizer.num_quantizers:
         raise UserError(f"--num-quantizers must be in [1, {cfg.quantizer.num_quantizers}], got {n}")
     inputs: list[AudioInput] = collect_inputs(data)[:max_utterances]

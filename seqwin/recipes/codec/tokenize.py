@@ -150,7 +150,7 @@ def tokenize(model: Codec, inputs: list[AudioInput], out_dir: Path, *, checkpoin
              num_quantizers: int | None = None, batch_size: int = 16, chunk_seconds: float = 60.0,
              chunk_context_seconds: float = 1.0, strict: bool = False, bf16: bool = False) -> TokenizeSummary:
     cfg = model.cfg
-    n = num_quantizers or cfg.quantizer.num_quantizers
+    n = cfg.quantizer.num_quantizers if num_quantizers is None else num_quantizers  # 0 is an error, not 'all'
     if not 1 <= n <= cfg.quantizer.num_quantizers:
         raise UserError(f"--num-quantizers must be in [1, {cfg.quantizer.num_quantizers}], got {n}")
     if chunk_seconds * cfg.sample_rate < cfg.hop_length:

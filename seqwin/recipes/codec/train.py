@@ -180,13 +180,14 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
              m.hop_length, m.frame_rate, m.quantizer.num_quantizers, m.quantizer.codebook_size, m.bitrate, m.variant)
     d = cfg.data
     with_text = cfg.teachers.transcripts == "data"
-    train_utts = read_split(d.manifest_dir, d.train_split, with_text=with_text,
-                            min_samples=max(1, int(d.min_seconds * m.sample_rate)))
+    train_utts = read_split(d.manifest_dir, d.train_split, with_text=with_text, sample_rate=m.sample_rate,
+                            min_samples=max(1, int(d.min_seconds * m.sample_rate)), strict=d.strict)
     check_batches_per_step(len(train_utts), d.batch_size, world_size, "data.batch_size",
                            f"utterances of {d.train_split}", "lower data.batch_size")
     valid_waves = []
     if d.valid_utterances:
-        valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=False)[: d.valid_utterances]
+        valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=False, sample_rate=m.sample_rate,
+                                strict=d.strict)[: d.valid_utterances]
         limit = int(d.valid_max_seconds * m.sample_rate)
         valid_waves = [torch.from_numpy(read_audio(u.path, sample_rate=m.sample_rate)[:limit]) for u in valid_utts]
     teachers = TeacherFeatures(cfg, cfg.teachers.cache_dir or out_dir / "teacher_cache")

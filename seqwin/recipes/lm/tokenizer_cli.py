@@ -18,6 +18,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
+    from seqwin.data.textcorpus import check_text_file
     from seqwin.errors import UserError
     from seqwin.models.lm.tokenizer import ByteTokenizer, train_sentencepiece
 
@@ -29,6 +30,8 @@ def train(args: argparse.Namespace) -> int:
         raise UserError("--text FILE is required to train a sentencepiece tokenizer")
     if args.max_sentences < 1:
         raise UserError(f"--max-sentences must be >= 1, got {args.max_sentences}")
+    for path in args.text:  # SentencePiece would learn from any bytes, an audio file included
+        check_text_file(path)
     tok = train_sentencepiece(args.text, args.out, vocab_size=args.vocab_size, model_type=args.model_type,
                               max_sentences=args.max_sentences)
     sample = args.text[0].read_text(encoding="utf-8", errors="replace")[:200_000]

@@ -66,6 +66,9 @@ class DataConfig:
     normalize: bool = False
     """Per-utterance zero mean / unit variance waveforms (wav2vec 2.0 Large models were trained with it)."""
     num_parallel_calls: int = 1
+    strict: bool = False
+    """Rows whose audio header is unusable (empty, unreadable, wrong sample rate, zero or stale length) are skipped
+    and counted when a split is opened; ``true``: the first one is an error naming the manifest line."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -77,7 +80,7 @@ class DataConfig:
         return AudioReaderConfig(
             max_num_frames=max(self.max_num_frames, self.max_audio_len), max_batch_size=self.max_batch_size,
             min_audio_len=self.min_audio_len, max_audio_len=self.max_audio_len, target=target, shuffle=shuffle,
-            seed=self.seed, normalize=self.normalize, num_parallel_calls=self.num_parallel_calls,
+            seed=self.seed, normalize=self.normalize, num_parallel_calls=self.num_parallel_calls, strict=self.strict,
         )
 
     def dataset(self, split: str, target: str | None, *, shuffle: bool = True) -> AudioManifestDataset:

@@ -71,7 +71,9 @@ def open_split(split: EvalSplit, max_num_frames: int) -> tuple[AudioManifestData
         if not split.manifest.with_suffix(f".{target}").is_file():
             raise UserError(f"{split.manifest}: no .wrd or .ltr transcripts beside it")
         budget = max(max_num_frames, longest)  # nothing is skipped; batch_stream re-splits to max_num_frames
-        config = AudioReaderConfig(max_num_frames=budget, max_audio_len=budget, target=target, shuffle=False)
+        # strict: a WER over fewer utterances than the split has would not be comparable with published numbers.
+        config = AudioReaderConfig(max_num_frames=budget, max_audio_len=budget, target=target, shuffle=False,
+                                   strict=True)
         return AudioManifestDataset(split.manifest, config), target == "ltr"
     except DataError as exc:
         raise UserError(str(exc)) from None
