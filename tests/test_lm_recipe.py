@@ -19,6 +19,8 @@ from seqwin.errors import UserError
 from seqwin.models.lm.tokenizer import ByteTokenizer, CodeTokenizer, load_tokenizer, train_sentencepiece
 from seqwin.recipes.lm.data import PackedBatches, eval_windows
 from seqwin.recipes.lm.scoring import score_stream
+from seqwin.training.checkpoint import safe_load
+from seqwin.training.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,8 +108,24 @@ def test_train_resume_eval_generate_text(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 4]
     assert any("routing_aux" in r for r in rows) and rows[-1]["split"] == "valid"
+    final = safe_load(out / "checkpoints" / "step_4.pt")["model"]
     capsys.readouterr()
-    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0  # resumes: nothing left to do
+    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0  # a finished run: nothing left to do
+    assert read_metrics(out, "train") == rows[:2]
+
+    # A run killed after its step-2 checkpoint leaves step_2.pt and the metrics up to step 2: the same command
+    # continues from step 2 and ends exactly where the uninterrupted run did (the trainer is deterministic on CPU).
+    (out / "checkpoints" / "step_4.pt").unlink()
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    assert main(["train", "lm", "--config", str(cfg), str(out)]) == 0
+    resumed = read_metrics(out)
+    assert [(r["split"], r["step"]) for r in resumed] == [("train", 2), ("train", 4), ("valid", 4)]
+    for key in ("loss", "ce", "grad_norm", "lr"):
+        assert resumed[1][key] == rows[1][key], key
+    assert resumed[2]["loss"] == rows[2]["loss"]
+    weights = safe_load(out / "checkpoints" / "step_4.pt")["model"]
+    assert weights.keys() == final.keys() and all(torch.equal(weights[n], final[n]) for n in final)
+
     assert main(["train", "lm", "--config", str(cfg), str(out), "--set", "model.model_dim=48"]) == 2
     assert "different model config (model.model_dim)" in capsys.readouterr().err
 
@@ -116,7 +134,19 @@ def test_train_resume_eval_generate_text(tmp_path, capsys):
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["tokens"] == 600 == res["bytes"]  # byte tokens: one per byte
     assert math.isclose(res["bits_per_byte"], res["loss"] / math.log(2), rel_tol=1e-9)
-    assert 1 < res["ppl"] < 257
+    assert math.isclose(res["ppl"], math.exp(res["loss"]), rel_tol=1e-9)
+    # Guessing uniformly over the 257 byte ids gives ppl 257; this run reaches about 99 after 4 steps and about
+    # 137 at its step-2 checkpoint (measured).
+    assert res["ppl"] < 0.6 * ByteTokenizer.vocab_size
+    step_2 = str(out / "checkpoints" / "step_2.pt")
+    assert main(["eval", "lm", str(out), "--split", "test", "--context", "64", "--stride", "32", "--max-tokens",
+                 "600", "--checkpoint", step_2, "--json", str(tmp_path / "e2.json")]) == 0
+    assert json.loads((tmp_path / "e2.json").read_text())["ppl"] > res["ppl"] * 1.1
+    # Scoring the validation tokens as the trainer does reproduces its final validation loss from the checkpoint.
+    assert main(["eval", "lm", str(out), "--split", "valid", "--context", "64", "--stride", "64", "--max-tokens",
+                 "512", "--batch-size", "2", "--json", str(tmp_path / "v.json")]) == 0
+    valid = json.loads((tmp_path / "v.json").read_text())
+    assert valid["tokens"] == rows[2]["tokens"] and math.isclose(valid["loss"], rows[2]["loss"], rel_tol=1e-6)
     capsys.readouterr()
 
     assert _generate([str(out), "--prompt", "Line 3:", "--max-new-tokens", "12", "--top-k", "5",

@@ -63,6 +63,16 @@ def _run(argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def _edit_distance(ref, hyp) -> int:
+    """Levenshtein distance between two sequences (characters of a string, or words)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
 def test_ssl_ctc_eval_windowize_end_to_end(corpus, tmp_path, capsys):
     manifests = corpus / "manifests"
     ssl_yaml = _recipe(tmp_path, "ssl", SSL_MICRO)
@@ -92,8 +102,22 @@ def test_ssl_ctc_eval_windowize_end_to_end(corpus, tmp_path, capsys):
                  corpus / "LibriSpeech" / "train", out]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["splits"]) == {"dev", "train"} and summary["attention"] == "2 x local(4,4)"
-    assert all(s["num_utts"] == 8 and 0 <= s["cer"] for s in summary["splits"].values())
-    assert len((out / "hypotheses.tsv").read_text().splitlines()) == 1 + 16
+    rows = [line.split("\t") for line in (out / "hypotheses.tsv").read_text().splitlines()[1:]]
+    assert len(rows) == 16
+    for name, split in summary["splits"].items():
+        pairs = [(ref, hyp) for s, utt, ref, hyp in rows if s == name]
+        assert split["num_utts"] == 8
+        # the corpus fixture's utterance ...-000k says WORDS[k % 4]
+        assert all(ref == WORDS[int(Path(utt).stem[-4:]) % 4] for s, utt, ref, _ in rows if s == name)
+        # the rates are the edit distances counted here, over the reference lengths
+        chars = sum(_edit_distance(ref, hyp) for ref, hyp in pairs) / sum(len(ref) for ref, _ in pairs)
+        words = sum(_edit_distance(ref.split(), hyp.split()) for ref, hyp in pairs) / sum(
+            len(ref.split()) for ref, _ in pairs)
+        assert split["cer"] == pytest.approx(100 * chars) and split["wer"] == pytest.approx(100 * words)
+    # the same model decoding the same dev set in `eval asr` and in the trainer's final validation
+    final_valid = read_metrics(tmp_path / "asr", "valid")[-1]
+    assert summary["splits"]["dev"]["cer"] == pytest.approx(final_valid["cer"])
+    assert summary["splits"]["dev"]["wer"] == pytest.approx(final_valid["wer"])
 
     # windowize: a window covering every frame decodes exactly like dense attention
     for window in ["full", "-1,-1", "1,0"]:

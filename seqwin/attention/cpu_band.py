@@ -241,6 +241,7 @@ def cpu_band_attention(
 ) -> Tensor:
     """Sliding-window attention on CPU tensors; arguments already validated by the public API."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    num_sinks = min(num_sinks, k.shape[1])  # more sinks than keys (a short prompt): every key is a sink
     plan = make_plan(q.shape[0], q.shape[1], k.shape[1], window, num_sinks=num_sinks, dilation=dilation, chunk=chunk)
     if num_sinks == 0 and dilation == 1 and plan.left >= plan.offset + plan.q_len - 1:
         if plan.right >= plan.k_len - 1 - plan.offset:

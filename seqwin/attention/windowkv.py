@@ -115,7 +115,8 @@ def kept_counts(seq_len: int, config: WindowKVConfig, budget: float | None = Non
     obs = min(config.obs_window, seq_len)
     recent = obs + (seq_len - obs) % config.window_size
     candidates = (seq_len - recent) // config.window_size
-    kept = math.ceil(_single_budget(config, budget) * seq_len)
+    # Rounded before the ceiling: 0.14 * 100 is 14.000000000000002 in floating point, which would allow a 15th token.
+    kept = math.ceil(round(_single_budget(config, budget) * seq_len, 6))
     return recent, max(0, min(candidates, (kept - recent) // config.window_size))
 
 
