@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from seqwin.errors import UserError
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp\.(\d+)$")
@@ -64,6 +66,17 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """:func:`safe_load` for a file the user named: a missing, truncated or foreign file is a :class:`UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        return safe_load(path, map_location)
+    except Exception as exc:  # noqa: BLE001 - unreadable is one user error whatever the cause
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _process_gone(pid: int) -> bool:
