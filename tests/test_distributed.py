@@ -4,14 +4,16 @@ process at the same global batch, gradient accumulation, checkpoint/resume under
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+
+from seqwin.training.run_dir import hold_run_dir
 
 TOY = Path(__file__).with_name("toy_train.py")
 # Same global batch, gradients averaged over ranks (or accumulated): equal up to float reduction order.
@@ -72,17 +74,52 @@ def test_two_process_fsdp_matches_one_process_and_resumes(one_process, tmp_path)
     _assert_same(_final(one_process), _final(out))
 
 
-def test_sigkill_then_rerun_resumes_to_the_same_result(one_process, tmp_path):
+def test_sigkill_mid_checkpoint_write_then_rerun_resumes_to_the_same_result(one_process, tmp_path):
+    """A SIGKILL half way through writing step_6.pt (the toy stalls there) leaves its partial temporary file and
+    the older checkpoints; the rerun deletes the former, resumes from step_3.pt and ends as an uninterrupted run."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(TOY), str(out), "--sleep", "0.3"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((out / "checkpoints").glob("step_6.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: mid-step, maybe mid-write
-    proc.wait()
-    assert not (out / "final.pt").exists()
+    proc = subprocess.Popen([sys.executable, str(TOY), str(out), "--stall-checkpoint", "6"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline().strip() == "stalled"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up
+        proc.wait()
+    checkpoints = out / "checkpoints"
+    partial = checkpoints / f".step_6.pt.tmp.{proc.pid}"
+    assert partial.stat().st_size > 0 and not (checkpoints / "step_6.pt").exists()
+    step3 = torch.load(checkpoints / "step_3.pt", weights_only=True)  # intact
+    assert step3["step"] == 3
     _toy(out)
+    assert not partial.exists()
+    assert not list(checkpoints.glob(".*.tmp.*"))
     clean, resumed = _final(one_process), _final(out)
     for name in clean:
         torch.testing.assert_close(clean[name], resumed[name])
+
+
+def test_a_second_run_into_the_same_directory_exits_2(tmp_path):
+    """While a run is writing OUT (the toy, stalled at its first checkpoint), ``seqwin train`` into the same OUT
+    stops at once with one line naming the holder; once the holder is killed, its lock is gone with it."""
+    out = tmp_path / "busy"
+    proc = subprocess.Popen([sys.executable, str(TOY), str(out), "--stall-checkpoint", "3"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready and proc.stdout.readline().strip() == "stalled"
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        config = tmp_path / "lm.yaml"
+        config.write_text(f"data: {{dir: {tmp_path}, format: text}}\ntokenizer: {{kind: byte}}\n")
+        second = subprocess.run([sys.executable, "-m", "seqwin.cli.main", "train", "lm", "--config", str(config),
+                                 str(out)], env=_env(), capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [f"seqwin train: error: {out} is in use by pid {proc.pid} (another "
+                                              "run writing there); wait for it to end or use another output "
+                                              "directory"]
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written by the second
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with hold_run_dir(out):  # no stale lock after a SIGKILL
+        pass

@@ -1,15 +1,30 @@
-"""The shared trainer: config checks, atomic checkpoints with fallback, exact resume, non-finite guard."""
+"""The shared trainer: config checks, atomic checkpoints with fallback, exact resume, non-finite guard, one run
+per output directory, a full disk."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from seqwin.training import CheckpointManager, ConfigError, Trainer, TrainerConfig, load_config
+from seqwin.errors import UserError
+from seqwin.training import CheckpointManager, ConfigError, MetricWriter, Trainer, TrainerConfig, load_config
+from seqwin.training import checkpoint as checkpoint_module
+from seqwin.training.checkpoint import safe_load
+from seqwin.training.run_dir import LOCK_NAME, RunDirInUse, hold_run_dir
 from seqwin.training.trainer import TrainingError
 
 
@@ -126,3 +141,115 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
                 batches=_data)
     with pytest.raises(TrainingError, match="NaN/inf"):
         t.fit()
+
+
+def _locked(out: Path) -> bool:
+    """Whether someone holds OUT's lock (a new descriptor conflicts even with this process's own)."""
+    fd = os.open(out / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+@contextmanager
+def _held_elsewhere(out: Path):
+    """OUT's lock held by another process until the block ends; yields its pid."""
+    code = ("import sys\nfrom pathlib import Path\nfrom seqwin.training.run_dir import hold_run_dir\n"
+            "with hold_run_dir(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+
+
+def test_second_run_into_a_held_directory_is_refused(tmp_path):
+    out = tmp_path / "run"
+    with _held_elsewhere(out) as pid:
+        with pytest.raises(RunDirInUse, match=f"^{re.escape(str(out))} is in use by pid {pid} "):
+            _trainer(out, 4).fit()
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # no checkpoints, metrics or tb/ of its own
+    _trainer(out, 4).fit()  # the holder is gone, and so is its lock
+    assert CheckpointManager(out / "checkpoints").steps() == [4] and not _locked(out)
+
+
+def test_run_dir_lock_nests_within_a_process(tmp_path):
+    with hold_run_dir(tmp_path):
+        with hold_run_dir(tmp_path):  # the CLI holds it, then the Trainer takes it again
+            assert _locked(tmp_path)
+        assert _locked(tmp_path) and (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    assert not _locked(tmp_path)
+    with hold_run_dir(tmp_path, enabled=False):  # ranks other than 0 of a job take no lock
+        assert not _locked(tmp_path)
+    (tmp_path / "file").touch()
+    with pytest.raises(UserError, match="exists and is not a directory"), hold_run_dir(tmp_path / "file"):
+        pass
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / f".step_4.pt.tmp.{dead}"
+    stale.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".step_4.pt.tmp.{os.getppid()}"  # its writer is still running
+    live.write_bytes(b"being written")
+    assert CheckpointManager(tmp_path).remove_stale_temp_files() == [stale]
+    assert not stale.exists() and live.exists()
+
+
+class _FullDisk(io.FileIO):
+    """A file on a disk that is full after its first 1000 bytes."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def full_disk_for(step: int):
+    """An ``open`` for :mod:`seqwin.training.checkpoint` under which writing ``step_<step>.pt`` fills the disk."""
+    def fake_open(path, mode="r", *args, **kwargs):
+        if Path(path).name.startswith(f".step_{step}.pt.tmp."):
+            return _FullDisk(path, mode)
+        return open(path, mode, *args, **kwargs)
+
+    return fake_open
+
+
+def test_disk_full_during_a_checkpoint(tmp_path, monkeypatch):
+    """One OSError naming the checkpoint; its partial temporary file removed, the older checkpoint intact."""
+    monkeypatch.setattr(checkpoint_module, "open", full_disk_for(8), raising=False)
+    with pytest.raises(OSError) as info:
+        _trainer(tmp_path, 8).fit()
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "checkpoints" / "step_8.pt")
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_4.pt"]
+    assert safe_load(tmp_path / "checkpoints" / "step_4.pt")["step"] == 4
+    assert not _locked(tmp_path)
+
+
+def test_tensorboard_write_failure_is_one_error(tmp_path, monkeypatch):
+    """A failed event-file write surfaces once, naming tb/; TensorBoard's writer thread reports nothing."""
+    from tensorboard.summary.writer import record_writer
+
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)  # where a thread's traceback would go
+    writer = MetricWriter(tmp_path)
+    writer.write("train", 1, {"loss": 1.0})
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", full)
+    with pytest.raises(OSError) as info:
+        writer.write("train", 2, {"loss": 0.5})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "tb")
+    writer.close()  # does not raise either
+    assert thread_errors == []
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2]

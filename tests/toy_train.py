@@ -1,8 +1,9 @@
 """A tiny regression run through seqwin's Trainer, launched as a subprocess by the distributed/kill tests.
 
 usage: python tests/toy_train.py OUT [--steps N] [--stop-after K] [--sleep S] [--update-freq A]
-[--data-parallel ddp|fsdp] (also under torchrun); ``--stop-after K`` exits cleanly before step K + 1, as a
-preempted job would (the LR schedule still spans N steps).
+[--data-parallel ddp|fsdp] [--stall-checkpoint K] (also under torchrun); ``--stop-after K`` exits cleanly before
+step K + 1, as a preempted job would (the LR schedule still spans N steps). ``--stall-checkpoint K`` writes half of
+checkpoint ``step_K.pt``'s temporary file, prints ``stalled`` and waits forever: a kill then lands mid-write.
 
 Every step sees the same global batch of 8 rows whatever the number of ranks and the update frequency: it is cut
 into ``world_size x update_freq`` micro-batches, and rank ``r`` gets micro-batches ``j * world_size + r`` (the
@@ -12,6 +13,8 @@ trainer's global micro-batch order).
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +42,25 @@ class Toy(nn.Module):
         return self.out(h)
 
 
+def stall_checkpoint_write(step: int) -> None:
+    """Make the trainer's write of ``step_<step>.pt`` stop half way through its temporary file, for good."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if not Path(getattr(f, "name", "")).name.startswith(f".step_{step}.pt.tmp."):
+            return real_save(obj, f, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: buffer.tell() // 2])
+        f.flush()
+        os.fsync(f.fileno())
+        print("stalled", flush=True)
+        while True:
+            time.sleep(1)
+
+    torch.save = save
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out", type=Path)
@@ -47,7 +69,10 @@ def main() -> None:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--update-freq", type=int, default=1)
     p.add_argument("--data-parallel", choices=["ddp", "fsdp"], default="ddp")
+    p.add_argument("--stall-checkpoint", type=int, default=None)
     args = p.parse_args()
+    if args.stall_checkpoint is not None:
+        stall_checkpoint_write(args.stall_checkpoint)
 
     torch.manual_seed(0)
     model = Toy()

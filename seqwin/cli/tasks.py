@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 # task name -> (recipe module, one-line help). A task appears here only once it works.
 TRAIN_TASKS: dict[str, tuple[str, str]] = {
@@ -31,7 +32,21 @@ def _dispatch(module: str, attr: str):
     return run
 
 
-def _add(subparsers, name: str, help_text: str, tasks: dict[str, tuple[str, str]], args_fn: str, run_fn: str):
+def _dispatch_train(module: str, attr: str):
+    """Run a training task holding its output directory's lock from start to end (config, caches, checkpoints,
+    the exported model): a second run into the same OUT stops at once instead of interleaving with this one."""
+    def run(args: argparse.Namespace) -> int:
+        from seqwin.training.run_dir import hold_run_dir
+
+        out = args.out if hasattr(args, "out") else args.out_dir  # the wav2vec2 recipes name OUT out_dir
+        with hold_run_dir(Path(out)):
+            return getattr(importlib.import_module(module), attr)(args)
+
+    return run
+
+
+def _add(subparsers, name: str, help_text: str, tasks: dict[str, tuple[str, str]], args_fn: str, run_fn: str,
+         dispatch=_dispatch):
     if not tasks:
         return
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -39,9 +54,10 @@ def _add(subparsers, name: str, help_text: str, tasks: dict[str, tuple[str, str]
     for task, (module, task_help) in tasks.items():
         p = sub.add_parser(task, help=task_help, description=task_help)
         getattr(importlib.import_module(module), args_fn)(p)
-        p.set_defaults(func=_dispatch(module, run_fn))
+        p.set_defaults(func=dispatch(module, run_fn))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    _add(subparsers, "train", "train a model from a recipe config", TRAIN_TASKS, "add_train_args", "train")
+    _add(subparsers, "train", "train a model from a recipe config", TRAIN_TASKS, "add_train_args", "train",
+         _dispatch_train)
     _add(subparsers, "eval", "evaluate a trained model", EVAL_TASKS, "add_eval_args", "evaluate")

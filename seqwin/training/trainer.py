@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from seqwin.errors import UserError
 from seqwin.training.checkpoint import CheckpointManager
 from seqwin.training.metrics import MetricWriter
+from seqwin.training.run_dir import hold_run_dir
 
 log = logging.getLogger("seqwin.train")
 
@@ -353,6 +354,18 @@ class Trainer:
         return total_loss, {**sums, "grad_norm": norm.item()}, total_units
 
     def fit(self) -> dict[str, float]:
+        """Train to ``max_steps`` (or the time budget), resuming from the newest checkpoint. Rank 0 holds the
+        output directory's lock throughout: a second run into it stops with
+        :class:`~seqwin.training.run_dir.RunDirInUse`."""
+        with hold_run_dir(self.out_dir, enabled=self.rank == 0):
+            if self.rank == 0:
+                self.ckpt.remove_stale_temp_files()
+            try:
+                return self._fit()
+            finally:
+                self.metrics.close()
+
+    def _fit(self) -> dict[str, float]:
         torch.manual_seed(self.cfg.seed)
         random.seed(self.cfg.seed)
         resumed = self.resume()
@@ -419,7 +432,6 @@ class Trainer:
                 break
         if self.valid_fn:
             valid = self._validate()
-        self.metrics.close()
         if self.sharded:
             self._unshard_for_export()
         log.info("done at step %d; outputs in %s", self.step, self.out_dir)

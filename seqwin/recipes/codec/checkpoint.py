@@ -16,8 +16,9 @@ import yaml
 
 from seqwin.errors import UserError
 from seqwin.models.codec import Codec, CodecConfig, create_codec
-from seqwin.training.checkpoint import CheckpointManager, atomic_save, safe_load
+from seqwin.training.checkpoint import CheckpointManager, atomic_save, read_checkpoint
 from seqwin.training.config import ConfigError, from_dict, to_dict
+from seqwin.training.run_dir import check_run_kind
 
 FORMAT = "seqwin-codec/1"
 
@@ -31,18 +32,12 @@ def _config_from_run(run_dir: Path) -> CodecConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir}: no config.yaml next to the checkpoints (is this a codec training run?)")
+    check_run_kind(run_dir, "codec", "a codec run")
     tree = yaml.safe_load(path.read_text()) or {}
     try:
         return from_dict(CodecConfig, tree.get("model", {}), "model")
     except ConfigError as exc:
         raise UserError(f"{path}: {exc}") from None
-
-
-def _load(path: Path) -> dict:
-    try:
-        return safe_load(path)
-    except Exception as exc:  # noqa: BLE001 - unreadable is one user error whatever the cause
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def load_codec(checkpoint: Path, *, decoder: bool = True) -> Codec:
@@ -58,7 +53,7 @@ def load_codec(checkpoint: Path, *, decoder: bool = True) -> Codec:
         return _build(_config_from_run(checkpoint), found[1]["model"], checkpoint, decoder)
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: no such checkpoint file or run directory")
-    state = _load(checkpoint)
+    state = read_checkpoint(checkpoint)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         try:
             cfg = from_dict(CodecConfig, state["config"], "config")

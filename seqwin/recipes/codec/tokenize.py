@@ -140,7 +140,7 @@ def _read(inp: AudioInput, sample_rate: int, summary: TokenizeSummary, strict: b
     except AudioError as exc:
         if strict:
             raise UserError(str(exc)) from None
-        hint = " (resample it first, e.g. sox IN -r {sample_rate} OUT)" if exc.category == "wrong sample rate" else ""
+        hint = f" (resample it first, e.g. sox IN -r {sample_rate} OUT)" if exc.category == "wrong sample rate" else ""
         summary.skipped.append({"source": str(inp.path), "reason": f"{exc.category}: {exc.detail}{hint}"})
         log.warning("skipped %s", exc)
         return None
@@ -218,6 +218,8 @@ def read_codes_index(source: Path) -> tuple[dict | None, list[dict]]:
         raise UserError(f"{source}: no such codes index (give OUT of seqwin tokenize, its index.json or a .npy)")
     try:
         index = json.loads(source.read_text())
+    except UnicodeDecodeError:  # a binary file, e.g. audio given by mistake
+        raise UserError(f"{source}: not a codes index (give OUT of seqwin tokenize, index.json or a .npy)") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:

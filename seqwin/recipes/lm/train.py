@@ -34,7 +34,9 @@ from seqwin.recipes.lm.config import LMRecipeConfig
 from seqwin.recipes.lm.data import PackedBatches, load_tokens, split_source
 from seqwin.recipes.lm.scoring import score_stream
 from seqwin.training import CheckpointManager, Trainer, load_config, to_yaml
+from seqwin.training.checkpoint import read_checkpoint
 from seqwin.training.config import to_dict
+from seqwin.training.run_dir import check_run_kind
 from seqwin.training.trainer import create_gangs, pick_device
 
 log = logging.getLogger("seqwin.lm")
@@ -154,16 +156,13 @@ def load_trained(out: Path, *, checkpoint: Path | None = None, device: str = "au
     saved = Path(out) / CONFIG_NAME
     if not saved.exists():
         raise UserError(f"{out}: no {CONFIG_NAME}; not a `seqwin train lm` output directory")
+    check_run_kind(out, "lm", "an LM run")
     cfg = load_config(LMRecipeConfig, saved)
     tok = load_tokenizer(out)
     model_cfg = replace(cfg.model, max_seq_len=max(cfg.model.max_seq_len, min_seq_len))
     model = create_lm_model(model_cfg)
     if checkpoint is not None:
-        from seqwin.training.checkpoint import safe_load
-
-        if not Path(checkpoint).is_file():
-            raise UserError(f"{checkpoint}: no such checkpoint")
-        state = safe_load(Path(checkpoint))
+        state = read_checkpoint(Path(checkpoint))
     else:
         found = CheckpointManager(Path(out) / "checkpoints").load_latest()
         if found is None:

@@ -46,6 +46,8 @@ def resolve_data(items: list[Path], out_dir: Path) -> list[EvalSplit]:
 
     splits: list[EvalSplit] = []
     for item in items:
+        if not item.exists():
+            raise UserError(f"--data {item}: no such file or directory")
         if item.is_file() and item.suffix == ".tsv":
             splits.append(EvalSplit(item.stem, item))
         elif item.is_dir():
