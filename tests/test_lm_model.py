@@ -7,7 +7,7 @@ import torch
 from fairseq2.nn import BatchLayout
 from lm_helpers import tiny_lm, tiny_lm_config
 
-from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig, collect_aux_losses
+from seqwin.attention.fairseq2.routing_sdpa import AttentionSpec, LayerAttentionConfig, collect_aux_losses
 from seqwin.models.lm import (
     Decoder,
     LMConfig,
@@ -184,8 +184,8 @@ def test_fairseq2_family_registration(tmp_path):
 
 @pytest.mark.parametrize("shared_qk,kv_heads", [(False, 1), (True, 2)])
 def test_routing_prompt_ingestion_equals_steps(shared_qk, kv_heads):
-    from seqwin.attention.routing_decode import RoutingKVCache
-    from seqwin.attention.routing_kmeans import KMeansRouter
+    from seqwin.attention.routing.kmeans import KMeansRouter
+    from seqwin.attention.routing.kv_cache import RoutingKVCache
     from seqwin.models.lm.decoding import ingest_routing
 
     torch.manual_seed(0)

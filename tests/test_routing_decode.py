@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqwin.attention.routing import KMeansRouter, routing_attention
-from seqwin.attention.routing_decode import RoutingKVCache
+from seqwin.attention.routing.kv_cache import RoutingKVCache
 
 
 def _setup(b, n, h, hk, d, c, seed=0):

@@ -68,8 +68,7 @@ def _make_routing(method: str, n: int, clusters: int, device: str, heads: int, d
 
     group = -(-n // clusters)
     if method in ("seqwin_routing", "seqwin_routing_causal"):
-        from seqwin.attention.routing import routing_attention
-        from seqwin.attention.routing_kmeans import KMeansRouter
+        from seqwin.attention.routing import KMeansRouter, routing_attention
 
         router = KMeansRouter(heads, dim, clusters).to(device)
         causal = method.endswith("causal")

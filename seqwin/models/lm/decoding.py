@@ -5,7 +5,7 @@ Caches per layer kind (fairseq2 ``IncrementalStateBag`` + attention-state factor
 - ``local``: the ring buffer of the last ``left`` keys (set at build time), constant memory;
 - ``routing`` / ``mixed`` with a bounded ``routing_window``: inside :func:`decoding_session`, the layer's
   ``RoutingSDPA`` is wrapped so that its state does the attention itself — local heads through a ring buffer,
-  routing heads through :class:`~seqwin.attention.routing_decode.RoutingKVCache` (per-cluster rings of
+  routing heads through :class:`~seqwin.attention.routing.kv_cache.RoutingKVCache` (per-cluster rings of
   ``routing_window`` keys), so memory is constant too. Without a ``routing_window`` the routing heads fall back to
   ``RoutingSDPA``'s own path over a growing cache (not with ``shared_qk``);
 - ``full``: fairseq2's growing cache, optionally compressed after prefill by WindowKV
@@ -33,8 +33,8 @@ from fairseq2.nn import BatchLayout, IncrementalStateBag
 from torch import Tensor
 
 from seqwin.attention import SlidingWindowKVCache, SlidingWindowSDPA, sliding_window_attention
-from seqwin.attention.routing_decode import RoutingKVCache
-from seqwin.attention.routing_sdpa import RoutingSDPA
+from seqwin.attention.fairseq2.routing_sdpa import RoutingSDPA
+from seqwin.attention.routing.kv_cache import RoutingKVCache
 from seqwin.attention.windowkv import WindowKV, WindowKVConfig
 
 

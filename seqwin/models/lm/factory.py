@@ -5,7 +5,7 @@ Per layer, the attention spec picks the SDPA and the incremental-decoding cache:
 - ``full``: fairseq2's ``TorchSDPA`` with a causal bias (PyTorch's fused kernel) and the default growing cache;
 - ``local``: :class:`~seqwin.attention.SlidingWindowSDPA` with the ring-buffer cache
   (:class:`~seqwin.attention.SlidingWindowAttentionStateFactory`), so decoding memory stays O(window);
-- ``routing`` / ``mixed``: :class:`~seqwin.attention.routing_sdpa.RoutingSDPA` (its k-means centroids are buffers,
+- ``routing`` / ``mixed``: :class:`~seqwin.attention.RoutingSDPA` (its k-means centroids are buffers,
   saved with the model); for decoding see :mod:`seqwin.models.lm.decoding`.
 
 Rotary positions are applied to queries and keys in every layer (one shared table); embeddings are optionally tied
@@ -35,7 +35,7 @@ from fairseq2.nn import Linear, Projection, RMSNorm, RotaryEncoder, StandardEmbe
 from torch import Tensor
 
 from seqwin.attention import SlidingWindowAttentionStateFactory, SlidingWindowSDPA
-from seqwin.attention.routing_sdpa import AttentionSpec, RoutingSDPA
+from seqwin.attention.fairseq2.routing_sdpa import AttentionSpec, RoutingSDPA
 from seqwin.models.lm.config import LMConfig
 
 

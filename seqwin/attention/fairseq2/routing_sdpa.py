@@ -24,9 +24,9 @@ from fairseq2.models.transformer.sdpa.base import SDPA
 from fairseq2.nn import BatchLayout
 from torch import Tensor, nn
 
-from seqwin.attention.routing import routing_attention
-from seqwin.attention.routing_kmeans import KMeansRouter
-from seqwin.attention.sliding_window import sliding_window_attention
+from seqwin.attention.routing.attention import routing_attention
+from seqwin.attention.routing.kmeans import KMeansRouter
+from seqwin.attention.sliding_window.attention import sliding_window_attention
 
 AttentionKind = Literal["full", "local", "routing", "mixed"]
 
@@ -116,7 +116,7 @@ class RoutingSDPA(SDPA):
 
     Decoding (``q_len < k_len``) works statelessly from fairseq2's KV cache: routing heads re-route the cached
     keys (eval mode; not with ``shared_qk``, whose past queries are not cached).
-    ``seqwin.attention.routing_decode.RoutingKVCache`` is the O(window) per-step alternative for custom
+    ``seqwin.attention.routing.RoutingKVCache`` is the O(window) per-step alternative for custom
     decoders.
     """
 

@@ -13,8 +13,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from seqwin.attention.band_plan import make_plan
 from seqwin.attention.reference import Window, window_mask
+from seqwin.attention.sliding_window.band_plan import make_plan
 
 
 def blocked_attention(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqwin.attention.routing_kmeans import KMeansRouter
+from seqwin.attention.routing.kmeans import KMeansRouter
 
 
 class RoutingKVCache:
