@@ -16,7 +16,7 @@ from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.runtime.config_registry import ConfigRegistrar
 from fairseq2.runtime.dependency import DependencyContainer
 
-from seqwin.attention.fairseq2.routing_sdpa import AttentionSpec, LayerAttentionConfig
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.models.lm.config import SEQWIN_LM_FAMILY, LMConfig
 from seqwin.models.lm.factory import create_lm_model
 
