@@ -9,7 +9,7 @@ STAMP := $(VENV)/.setup-stamp
 setup: $(STAMP)
 
 # Re-runs only when the dependency list or this file changes.
-$(STAMP): pyproject.toml Makefile tools/setup.sh
+$(STAMP): pyproject.toml setup.py Makefile tools/setup.sh
 	bash tools/setup.sh
 	touch $(STAMP)
 

@@ -8,7 +8,8 @@ import torch
 from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig, collect_aux_losses
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
+from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.models.lm import LMConfig, create_lm_model
 
 

@@ -16,12 +16,8 @@ from fairseq2.models.transformer import (
 )
 from fairseq2.nn import BatchLayout, IncrementalStateBag, StandardLayerNorm
 
-from seqwin.attention import (
-    SlidingWindowAttentionStateFactory,
-    SlidingWindowKVCache,
-    SlidingWindowSDPA,
-    sliding_window_attention,
-)
+from seqwin.attention import SlidingWindowKVCache, sliding_window_attention
+from seqwin.attention.fairseq2 import SlidingWindowAttentionStateFactory, SlidingWindowSDPA
 
 
 @pytest.mark.parametrize("left,sinks,dilation", [(0, 0, 1), (6, 0, 1), (6, 3, 1), (9, 2, 2), (100, 0, 1)])

@@ -7,7 +7,8 @@ import torch
 from fairseq2.nn import BatchLayout
 from lm_helpers import tiny_lm, tiny_lm_config
 
-from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig, collect_aux_losses
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
+from seqwin.attention.fairseq2 import StatefulRoutingSDPA, attention_layers, collect_aux_losses
 from seqwin.models.lm import (
     Decoder,
     LMConfig,
@@ -17,7 +18,7 @@ from seqwin.models.lm import (
     decoding_session,
     generate,
 )
-from seqwin.models.lm.decoding import StatefulRoutingSDPA, attention_layers, sample_next
+from seqwin.models.lm.decoding import sample_next
 from seqwin.training import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -184,9 +185,7 @@ def test_fairseq2_family_registration(tmp_path):
 
 @pytest.mark.parametrize("shared_qk,kv_heads", [(False, 1), (True, 2)])
 def test_routing_prompt_ingestion_equals_steps(shared_qk, kv_heads):
-    from seqwin.attention.routing_decode import RoutingKVCache
-    from seqwin.attention.routing_kmeans import KMeansRouter
-    from seqwin.models.lm.decoding import ingest_routing
+    from seqwin.attention.routing import KMeansRouter, RoutingKVCache, ingest_routing
 
     torch.manual_seed(0)
     router = KMeansRouter(2, 8, 3)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqwin.attention import routing_kernels
-from seqwin.attention.routing import KMeansRouter, routing_attention, routing_attention_reference
+from seqwin.attention.routing import KMeansRouter, routing_attention, routing_attention_reference, torch_chunked
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 
@@ -136,7 +135,7 @@ def test_causal_is_strict_under_future_perturbation(shared_qk):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_portable_math_path_matches_reference(monkeypatch, causal):
-    monkeypatch.setattr(routing_kernels, "FUSED_CPU", False)  # what non-CPU devices run
+    monkeypatch.setattr(torch_chunked, "FUSED_CPU", False)  # what non-CPU devices run
     q, k, v = _inputs(2, 45, 4, 2, 8)
     router = _router(4, 8, 4, q, k)
     _compare(q, k, v, router, causal=causal, seq_lens=[45, 30], window=6, chunk=4)

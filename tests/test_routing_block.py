@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqwin.attention.block_routing import (
+from seqwin.attention.routing.block_routing import (
     block_routing_attention,
     block_routing_attention_reference,
     block_routing_select,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seqwin.attention.routing import KMeansRouter, routing_attention
-from seqwin.attention.routing_decode import RoutingKVCache
+from seqwin.attention.routing import KMeansRouter, RoutingKVCache, routing_attention
 
 
 def _setup(b, n, h, hk, d, c, seed=0):

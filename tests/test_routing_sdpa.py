@@ -15,15 +15,10 @@ from fairseq2.models.transformer import (
 from fairseq2.nn import BatchLayout, IncrementalStateBag, StandardLayerNorm
 from fairseq2.utils.structured import StandardValueConverter
 
+from seqwin.attention import AttentionSpec, LayerAttentionConfig, expand_attention_specs
+from seqwin.attention.fairseq2 import RoutingSDPA, collect_aux_losses
 from seqwin.attention.reference import sliding_window_attention_reference
 from seqwin.attention.routing import routing_attention, routing_attention_reference
-from seqwin.attention.routing_sdpa import (
-    AttentionSpec,
-    LayerAttentionConfig,
-    RoutingSDPA,
-    collect_aux_losses,
-    expand_attention_specs,
-)
 
 MIXED = AttentionSpec(
     kind="mixed", local_heads=2, window=(5, 0), routing_heads=2, num_clusters=3, routing_window=6, causal=True

@@ -59,7 +59,7 @@ def test_gqa_sinks_dilation(window, backend):
 def test_backward_in_bounded_span_groups(window, monkeypatch):
     """Long sequences run the fused backward over groups of chunks (memory flat in N); a tiny budget forces
     groups of one or two chunks here, with padding and sinks, and gradients must not change."""
-    import seqwin.attention.cpu_band as cpu_band
+    import seqwin.attention.sliding_window.cpu_band as cpu_band
 
     monkeypatch.setattr(cpu_band, "_BWD_SPAN_BUDGET", 1)
     q, k, v = _inputs(2, 700, 700, 4, 2, 16, torch.float32, seed=3)
@@ -139,8 +139,8 @@ def test_dropout_is_training_only_and_changes_output():
 @pytest.mark.parametrize("shift", [0, 3, 8])
 @pytest.mark.parametrize("n", [1, 16, 37])
 def test_block_and_shifted_block(n, shift):
-    from seqwin.attention.block import block_attention
     from seqwin.attention.reference import block_attention_mask, masked_attention_reference
+    from seqwin.attention.swin import block_attention
 
     q, k, v = _inputs(2, n, n, 4, 2, 16, torch.float32, seed=4)
     lens = [n, max(1, n - 5)]

@@ -15,8 +15,8 @@ from fairseq2.models.wav2vec2 import GumbelWav2Vec2VectorQuantizer
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrModel
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention.routing_sdpa import AttentionSpec, RoutingSDPA
-from seqwin.attention.sdpa import SlidingWindowSDPA
+from seqwin.attention import AttentionSpec
+from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
 from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load_model, save_model
 from seqwin.models.wav2vec2.config import EncoderAttentionConfig, asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import (

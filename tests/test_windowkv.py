@@ -8,6 +8,7 @@ from fairseq2.models.transformer.multihead_attention import AttentionState
 from fairseq2.nn import BatchLayout
 from lm_helpers import layer_kinds, tiny_lm
 
+from seqwin.attention.fairseq2 import attention_layers
 from seqwin.attention.windowkv import (
     WindowKVConfig,
     kept_counts,
@@ -17,7 +18,6 @@ from seqwin.attention.windowkv import (
 )
 from seqwin.errors import UserError
 from seqwin.models.lm import Decoder, decoding_session
-from seqwin.models.lm.decoding import attention_layers
 from seqwin.recipes.lm.kv_budget import parse_kv_budget, windowkv_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,13 +5,17 @@ CUDA) belongs to that case alone. Writes ``results.json``, ``results.md`` (the R
 
     python tools/bench_attention.py --out bench_out                 # CPU, the README table
     python tools/bench_attention.py --device cuda --dtype bf16 ...  # GPU
-    python tools/bench_attention.py --quick                         # a smoke run in about a minute
+    python tools/bench_attention.py --quick [--device cuda]         # a small grid (see QUICK)
+
+Needs torch alone (plus matplotlib for the plot): seqwin's attention core, FlexAttention and dense SDPA; the
+lucidrains peers run where the optional ``bench`` extra is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -20,6 +24,15 @@ from bench_common import reset_peak_rss, run_case, status_kb
 
 SWA_METHODS = ["seqwin", "flex", "dense_masked", "dense_causal", "local_attention"]
 ROUTING_METHODS = ["seqwin_routing", "seqwin_routing_causal", "seqwin_window", "dense", "lucidrains_routing"]
+
+# --quick: a few cases per suite. Every case is a fresh process (a few seconds of start-up, plus compilation for
+# flex), so on a GPU this is about 30 cases, meant to finish within 4 minutes; the CPU grid is smaller still.
+QUICK = {
+    "cuda": {"lengths": [4096, 16384], "windows": [1024], "window_sweep_length": 16384, "routing_lengths": [16384],
+             "min_seconds": 0.25, "timeout": 60.0},
+    "cpu": {"lengths": [1024], "windows": [], "window_sweep_length": 1024, "routing_lengths": [1024],
+            "min_seconds": 0.1, "timeout": 60.0},
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -68,8 +81,7 @@ def _make_routing(method: str, n: int, clusters: int, device: str, heads: int, d
 
     group = -(-n // clusters)
     if method in ("seqwin_routing", "seqwin_routing_causal"):
-        from seqwin.attention.routing import routing_attention
-        from seqwin.attention.routing_kmeans import KMeansRouter
+        from seqwin.attention.routing import KMeansRouter, routing_attention
 
         router = KMeansRouter(heads, dim, clusters).to(device)
         causal = method.endswith("causal")
@@ -110,8 +122,6 @@ def _run_case(case: dict) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[case["dtype"]]
     torch.manual_seed(0)
     n, h, d, window = case["n"], case["heads"], case["dim"], case["window"]
-    if device == "cpu" and mode == "fwdbwd" and case["method"] == "flex":
-        return {"skipped": "FlexAttention has no CPU backward"}
     q, k, v = (torch.randn(1, n, h, d, device=device, dtype=dtype, requires_grad=mode == "fwdbwd")
                for _ in range(3))
     dropped = {}
@@ -218,8 +228,9 @@ def main() -> None:
     p.add_argument("--routing-heads", type=int, default=4)
     p.add_argument("--routing-methods", nargs="+", default=ROUTING_METHODS, choices=ROUTING_METHODS)
     p.add_argument("--max-ms", type=float, default=20000, help="stop growing N for a method past this time")
-    p.add_argument("--timeout", type=float, default=300)
-    p.add_argument("--quick", action="store_true", help="small smoke run")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per case")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="time each case for at least this long")
+    p.add_argument("--quick", action="store_true", help="a small grid per device (QUICK), replacing the grid flags")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -230,10 +241,11 @@ def main() -> None:
         print(json.dumps(_run_case(json.loads(args.worker))))
         return
 
+    started = time.perf_counter()
     dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     if args.quick:
-        args.lengths, args.windows, args.window_sweep_length = [1024, 4096], [64, 256], 4096
-        args.routing_lengths = [1024, 4096]
+        for name, value in QUICK[args.device].items():
+            setattr(args, name, value)
     methods = [m for m in args.methods if _available(m)]
     routing_methods = [m for m in args.routing_methods if _available(m)]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -258,13 +270,15 @@ def main() -> None:
         for mode in ("fwd", "fwdbwd"):
             for method in sweep_methods:
                 key = (sweep, method, mode)
-                # Routing uses c = sqrt(N) clusters (64 at N=4096..8192 as in the issue's reference point).
+                # Routing uses c = sqrt(N) clusters, but 64 at both N=4096 and N=8192: one fixed reference point.
                 clusters = 64 if n in (4096, 8192) else max(8, round(n**0.5))
                 case = {"method": method, "mode": mode, "n": n, "window": window, "heads": heads,
-                        "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": 1.0,
+                        "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": args.min_seconds,
                         "clusters": clusters}
                 if key in too_slow:
                     res = {"skipped": f"slower than {args.max_ms:.0f} ms at a smaller size"}
+                elif args.device == "cpu" and mode == "fwdbwd" and method == "flex":
+                    res = {"skipped": "FlexAttention has no CPU backward"}
                 else:
                     res = run_case(__file__, ["--worker", json.dumps(case)], args.timeout)
                     if res.get("ms", 0) > args.max_ms or "over" in res.get("skipped", ""):
@@ -274,11 +288,14 @@ def main() -> None:
                 if "dropped" in res:
                     shown += f"  dropped {res['dropped']:.1%}"
                 print(f"{sweep:6} N={n:6} W={window:5} {mode:6} {method:16} {shown}", flush=True)
+    info["seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     (args.out / "results.md").write_text(_table(info, rows))
-    _plot(info, rows, args.out / "attention.png")
+    written = ["results.json", "results.md"]
+    if _plot(info, rows, args.out / "attention.png"):
+        written.append("attention.png")
     print(_table(info, rows))
-    print(f"wrote {args.out}/results.json, results.md, attention.png")
+    print(f"wrote {', '.join(f'{args.out}/{name}' for name in written)} in {info['seconds']:.0f} s")
 
 
 def _cpu_name() -> str:
@@ -333,18 +350,23 @@ def _table(info: dict, rows: list[dict]) -> str:
 
 
 def _routing_slope(rows: list[dict]) -> float | None:
-    import numpy as np
-
-    pts = [(r["n"], r["ms"]) for r in rows
+    """Least-squares slope of log(time) against log(N)."""
+    pts = [(math.log(r["n"]), math.log(r["ms"])) for r in rows
            if r["sweep"] == "routing" and r["method"] == "seqwin_routing" and r["mode"] == "fwdbwd" and "ms" in r]
     if len(pts) < 3:
         return None
-    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-    return float(np.polyfit(x, y, 1)[0])
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
 
 
-def _plot(info: dict, rows: list[dict], path: Path) -> None:
-    import matplotlib
+def _plot(info: dict, rows: list[dict], path: Path) -> bool:
+    """Write the figure; ``False`` where matplotlib is not installed (a bare GPU image), the tables still hold
+    every number."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no attention.png")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -369,6 +391,7 @@ def _plot(info: dict, rows: list[dict], path: Path) -> None:
     fig.suptitle(f"{info['device']} {info['dtype']} D={info['dim']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return True
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ KINDS = ("full", "local", "routing")
 
 
 def _config(kind: str, context: int, max_seq_len: int):
-    from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig
+    from seqwin.attention import AttentionSpec, LayerAttentionConfig
     from seqwin.models.lm import LMConfig
 
     if kind == "full":
@@ -56,7 +56,7 @@ def worker_train(kind: str, context: int, steps: int, device: str, threads: int)
         torch.set_num_threads(threads)
     from fairseq2.nn import BatchLayout
 
-    from seqwin.attention.routing_sdpa import collect_aux_losses
+    from seqwin.attention.fairseq2 import collect_aux_losses
     from seqwin.models.lm import create_lm_model
 
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ WINDOWS = {"tiny": 32, "base": 128}
 
 
 def _build(shape: str, kind: str):
-    from seqwin.attention.routing_sdpa import AttentionSpec
+    from seqwin.attention import AttentionSpec
     from seqwin.models.wav2vec2.config import EncoderAttentionConfig, asr_presets
     from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
 

@@ -93,7 +93,8 @@ fi
 
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-# pip's own exit status survives the filter (pipefail); the filter only drops this machine's noisy index notes.
+# pip's own exit status survives the filter (pipefail); the filter only drops pip's warnings about index locations
+# that do not exist.
 pipi() { .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 # torch comes first and alone: the PyPI build pinned by fairseq2n (large, cached by pip after the first time).
 pipi torch==2.9.1 torchaudio==2.9.1

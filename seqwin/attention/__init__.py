@@ -1,33 +1,39 @@
-"""Attention: sliding-window and routing attention, their references, decoding caches and fairseq2 SDPAs."""
+"""Attention algorithms on torch alone (plus Triton kernels on GPUs); nothing here imports fairseq2.
 
-from seqwin.attention.block_routing import block_routing_attention, block_routing_attention_reference
-from seqwin.attention.kv_cache import SlidingWindowAttentionStateFactory, SlidingWindowKVCache
+- sliding window: :func:`sliding_window_attention` (backends in :mod:`seqwin.attention.sliding_window`) and its
+  decoding ring buffer :class:`SlidingWindowKVCache`;
+- routing: :func:`routing_attention` with a :class:`KMeansRouter`, :class:`RoutingKVCache` for decoding, and
+  :func:`block_routing_attention` (routing between blocks);
+- fixed blocks: :func:`block_attention` (Swin-style, optionally shifted);
+- the dense references and masks every fast path is tested against;
+- :class:`AttentionSpec`: plain per-layer config of how a model attends.
+
+The fairseq2 glue (SDPAs, incremental-decoding states, WindowKV on a model) is :mod:`seqwin.attention.fairseq2`.
+"""
+
 from seqwin.attention.reference import sliding_window_attention_reference, sliding_window_mask, window_mask
-from seqwin.attention.routing import routing_attention, routing_attention_reference, routing_mask
-from seqwin.attention.routing_decode import RoutingKVCache
-from seqwin.attention.routing_kmeans import KMeansRouter
-from seqwin.attention.routing_sdpa import (
-    AttentionSpec,
-    LayerAttentionConfig,
-    RoutingSDPA,
-    collect_aux_losses,
-    expand_attention_specs,
+from seqwin.attention.routing import (
+    KMeansRouter,
+    RoutingKVCache,
+    block_routing_attention,
+    block_routing_attention_reference,
+    routing_attention,
+    routing_attention_reference,
+    routing_mask,
 )
-from seqwin.attention.sdpa import SlidingWindowSDPA, windowize
-from seqwin.attention.sliding_window import sliding_window_attention
+from seqwin.attention.sliding_window import SlidingWindowKVCache, sliding_window_attention
+from seqwin.attention.specs import AttentionSpec, LayerAttentionConfig, expand_attention_specs
+from seqwin.attention.swin import block_attention
 
 __all__ = [
     "AttentionSpec",
     "KMeansRouter",
     "LayerAttentionConfig",
     "RoutingKVCache",
-    "RoutingSDPA",
-    "SlidingWindowAttentionStateFactory",
     "SlidingWindowKVCache",
-    "SlidingWindowSDPA",
+    "block_attention",
     "block_routing_attention",
     "block_routing_attention_reference",
-    "collect_aux_losses",
     "expand_attention_specs",
     "routing_attention",
     "routing_attention_reference",
@@ -36,5 +42,4 @@ __all__ = [
     "sliding_window_attention_reference",
     "sliding_window_mask",
     "window_mask",
-    "windowize",
 ]

@@ -16,7 +16,7 @@ from seqwin import __version__
 from seqwin.cli import codec, generate, prepare, tasks, windowize
 from seqwin.errors import UserError
 
-# Each entry adds its subcommand(s) to the top-level parser; a module lands here only once it works.
+# Each entry adds its subcommand(s) to the top-level parser.
 _COMMANDS = [prepare, tasks, codec, generate, windowize]
 
 log = logging.getLogger("seqwin")

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-# task name -> (recipe module, one-line help). A task appears here only once it works.
+# task name -> (recipe module, one-line help).
 TRAIN_TASKS: dict[str, tuple[str, str]] = {
     "lm": ("seqwin.recipes.lm.cli", "long-context language model (full/local/routing attention per layer)"),
     "tokenizer": ("seqwin.recipes.lm.tokenizer_cli", "SentencePiece (or byte-level) tokenizer for LMs"),

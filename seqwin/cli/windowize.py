@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqwin.attention.routing_sdpa import AttentionSpec
+    from seqwin.attention import AttentionSpec
     from seqwin.data.errors import DataError
     from seqwin.data.manifest import CharDictionary
     from seqwin.errors import UserError

@@ -1,7 +1,7 @@
 """``LMConfig``: a decoder-only language model whose layers each choose their attention.
 
 Every layer is a pre-norm Transformer block (RMSNorm, rotary positions inside attention, GLU feed-forward). The
-attention of each layer comes from :class:`seqwin.attention.routing_sdpa.LayerAttentionConfig`: a default spec,
+attention of each layer comes from :class:`seqwin.attention.LayerAttentionConfig`: a default spec,
 a spec for the top ``num_top_layers`` layers and per-layer overrides, each ``full``, ``local`` (sliding window),
 ``routing`` (online k-means clusters) or ``mixed`` (local + routing heads) — the Routing Transformer layouts.
 An LM is causal, so every spec is made causal here (a local window must then have ``right == 0``).
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
 
 SEQWIN_LM_FAMILY = "seqwin_lm"
 

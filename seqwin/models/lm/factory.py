@@ -3,9 +3,9 @@
 Per layer, the attention spec picks the SDPA and the incremental-decoding cache:
 
 - ``full``: fairseq2's ``TorchSDPA`` with a causal bias (PyTorch's fused kernel) and the default growing cache;
-- ``local``: :class:`~seqwin.attention.SlidingWindowSDPA` with the ring-buffer cache
-  (:class:`~seqwin.attention.SlidingWindowAttentionStateFactory`), so decoding memory stays O(window);
-- ``routing`` / ``mixed``: :class:`~seqwin.attention.routing_sdpa.RoutingSDPA` (its k-means centroids are buffers,
+- ``local``: :class:`~seqwin.attention.fairseq2.SlidingWindowSDPA` with the ring-buffer cache
+  (:class:`~seqwin.attention.fairseq2.SlidingWindowAttentionStateFactory`), so decoding memory stays O(window);
+- ``routing`` / ``mixed``: :class:`~seqwin.attention.fairseq2.RoutingSDPA` (its k-means centroids are buffers,
   saved with the model); for decoding see :mod:`seqwin.models.lm.decoding`.
 
 Rotary positions are applied to queries and keys in every layer (one shared table); embeddings are optionally tied
@@ -34,8 +34,8 @@ from fairseq2.models.transformer_lm import (
 from fairseq2.nn import Linear, Projection, RMSNorm, RotaryEncoder, StandardEmbedding, TiedProjection
 from torch import Tensor
 
-from seqwin.attention import SlidingWindowAttentionStateFactory, SlidingWindowSDPA
-from seqwin.attention.routing_sdpa import AttentionSpec, RoutingSDPA
+from seqwin.attention import AttentionSpec
+from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowAttentionStateFactory, SlidingWindowSDPA
 from seqwin.models.lm.config import LMConfig
 
 

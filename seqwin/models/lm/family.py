@@ -1,7 +1,8 @@
 """The ``seqwin_lm`` fairseq2 model family: config presets, factory, and loading of ``seqwin train lm`` checkpoints.
 
-``register_seqwin_lm(container)`` is a fairseq2 extension function (entry-point group ``fairseq2.extension``): once
-registered, fairseq2's model hub, asset cards and recipes can name the family (``model_family: seqwin_lm``) and the
+``register_seqwin_lm(container)`` registers the family explicitly (``fairseq2.init_fairseq2(extras=...)`` or a call
+from your own fairseq2 extension; seqwin declares no ``fairseq2.extension`` entry point): once registered,
+fairseq2's model hub, asset cards and recipes can name the family (``model_family: seqwin_lm``) and the
 architectures below. Our training checkpoints hold ``{"model": state_dict, "optimizer": ...}``; the state-dict
 converter takes the model part and drops the tied output weight, which fairseq2's loader yields only once.
 """
@@ -16,7 +17,7 @@ from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.runtime.config_registry import ConfigRegistrar
 from fairseq2.runtime.dependency import DependencyContainer
 
-from seqwin.attention.routing_sdpa import AttentionSpec, LayerAttentionConfig
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.models.lm.config import SEQWIN_LM_FAMILY, LMConfig
 from seqwin.models.lm.factory import create_lm_model
 
@@ -64,7 +65,7 @@ ARCHS = {"mini": mini, "rt_wikitext103": rt_wikitext103, "rt_pg19": rt_pg19}
 
 
 def register_seqwin_lm(container: DependencyContainer) -> None:
-    """fairseq2 extension: the ``seqwin_lm`` family and its architectures."""
+    """Register the ``seqwin_lm`` family and its architectures in a fairseq2 dependency container."""
     register_model_family(container, SEQWIN_LM_FAMILY, kls=TransformerLM, config_kls=LMConfig,
                           factory=create_lm_model, state_dict_converter=convert_checkpoint, supports_meta=False)
     arch = ConfigRegistrar(container, LMConfig)

@@ -6,7 +6,7 @@ meaning, and add:
 
 - ``attention``: which SDPA each encoder layer uses -- ``full`` (fairseq2's dense ``TorchSDPA``, exactly what the
   paper and fairseq1 checkpoints use), ``local`` (seqwin sliding window; one window or one per head),
-  ``routing`` or ``mixed`` (local + routing heads, ``seqwin.attention.routing_sdpa``). Windows count encoder
+  ``routing`` or ``mixed`` (local + routing heads, ``seqwin.attention.specs``). Windows count encoder
   frames (20 ms each with the paper's conv frontend).
 - ``frontend``: ``conv`` (the paper's waveform CNN) or ``logmel`` (log-mel filterbanks stacked ``stack`` frames
   at a time: a cheap feature encoder for CPU-sized models; the quantizer then discretizes stacked filterbanks).
@@ -26,7 +26,7 @@ from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2EncoderConfig
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
 
-from seqwin.attention.routing_sdpa import AttentionSpec, expand_attention_specs
+from seqwin.attention import AttentionSpec, expand_attention_specs
 
 SSL_FAMILY = "seqwin_wav2vec2"
 ASR_FAMILY = "seqwin_wav2vec2_asr"

@@ -29,8 +29,7 @@ from fairseq2.nn import RotaryEncoder, init_bert_projection
 from fairseq2.runtime.lazy import Lazy
 from torch import nn
 
-from seqwin.attention.routing_sdpa import RoutingSDPA
-from seqwin.attention.sdpa import SlidingWindowSDPA
+from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
 from seqwin.models.wav2vec2.config import (
     EncoderAttentionConfig,
     FrontendConfig,

@@ -20,7 +20,7 @@ from fairseq2.models.transformer_lm import TransformerLM
 from fairseq2.nn import BatchLayout
 from torch import Tensor
 
-from seqwin.attention.routing_sdpa import collect_aux_losses
+from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.errors import UserError
 from seqwin.models.lm.factory import count_parameters, create_lm_model
 from seqwin.models.lm.tokenizer import (

@@ -84,7 +84,7 @@ def open_split(split: EvalSplit, max_num_frames: int) -> tuple[AudioManifestData
 def apply_window(loaded: LoadedModel, window: str | None) -> None:
     if window is None:
         return
-    from seqwin.attention.routing_sdpa import AttentionSpec
+    from seqwin.attention import AttentionSpec
 
     spec = AttentionSpec(kind="full") if window == "full" else AttentionSpec(kind="local", window=parse_window(window))
     set_encoder_attention(loaded.model, loaded.config, EncoderAttentionConfig(default=spec))

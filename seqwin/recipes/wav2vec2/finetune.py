@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from seqwin.attention.routing_sdpa import collect_aux_losses
+from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.data.errors import DataError
 from seqwin.data.manifest import CharDictionary
 from seqwin.data.pipeline import AudioBatch

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from seqwin.attention.routing_sdpa import collect_aux_losses
+from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.data.pipeline import AudioBatch
 from seqwin.models.wav2vec2.checkpoint import model_yaml, save_model
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets

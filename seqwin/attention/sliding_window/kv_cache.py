@@ -6,12 +6,12 @@ the step's new keys (one token, or a chunk of them for chunked prefill) and retu
 ``[sinks, last left keys, new keys]``: exactly what ``sliding_window_attention`` needs with bottom-right alignment,
 ``window=(left, 0)`` and the same ``num_sinks``. Distances between ring keys and the new queries are preserved, and
 sink keys are visible through ``num_sinks`` whatever their stored position, so decoding equals the full forward.
+The fairseq2 attention state around it is :class:`seqwin.attention.fairseq2.SlidingWindowAttentionStateFactory`.
 """
 
 from __future__ import annotations
 
 import torch
-from fairseq2.models.transformer.multihead_attention import AttentionState
 from torch import Tensor
 
 
@@ -93,42 +93,3 @@ class SlidingWindowKVCache:
     def size_bytes(self) -> int:
         tensors = [t for t in (self._sink_k, self._sink_v, self._ring_k, self._ring_v) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class SlidingWindowAttentionState(AttentionState):
-    """fairseq2 incremental-decoding state backed by :class:`SlidingWindowKVCache`."""
-
-    def __init__(self, k: Tensor, v: Tensor, window_left: int, num_sinks: int) -> None:
-        self.cache = SlidingWindowKVCache(window_left, num_sinks)
-        self._k, self._v = self.cache.update(k, v)
-
-    def append(self, k: Tensor, v: Tensor) -> None:
-        self._k, self._v = self.cache.update(k, v)
-
-    def get(self) -> tuple[Tensor, Tensor]:
-        return self._k, self._v
-
-    def reorder(self, new_order: Tensor) -> None:
-        self.cache.reorder(new_order)
-        self._k = self._k.index_select(0, new_order)
-        self._v = self._v.index_select(0, new_order)
-
-    def size_bytes(self) -> int:
-        return self.cache.size_bytes()
-
-    def capacity_bytes(self) -> int:
-        return self.cache.size_bytes()
-
-
-class SlidingWindowAttentionStateFactory:
-    """fairseq2 ``AttentionStateFactory`` for causal windowed layers (pass as ``state_factory=``)."""
-
-    def __init__(self, window_left: int, num_sinks: int = 0) -> None:
-        self.window_left = window_left
-        self.num_sinks = num_sinks
-
-    def __call__(self, k: Tensor, v: Tensor, max_seq_len: int, capacity_increment: int | None) -> AttentionState:
-        return SlidingWindowAttentionState(k, v, self.window_left, self.num_sinks)
-
-    def __repr__(self) -> str:
-        return f"SlidingWindowAttentionStateFactory(window_left={self.window_left}, num_sinks={self.num_sinks})"

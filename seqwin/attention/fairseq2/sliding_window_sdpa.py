@@ -12,7 +12,7 @@ from fairseq2.nn import BatchLayout
 from torch import Tensor
 
 from seqwin.attention.reference import Window, check_window
-from seqwin.attention.sliding_window import sliding_window_attention
+from seqwin.attention.sliding_window.attention import sliding_window_attention
 
 
 def unpack(x: Tensor, layout: BatchLayout) -> Tensor:

@@ -104,7 +104,7 @@ def sliding_window_attention(
     if backend == "cpu":
         if q.device.type != "cpu":
             raise ValueError("backend='cpu' needs CPU tensors")
-        from seqwin.attention.cpu_band import cpu_band_attention  # noqa: PLC0415
+        from seqwin.attention.sliding_window.cpu_band import cpu_band_attention  # noqa: PLC0415
 
         if v.shape[-1] != q.shape[-1]:  # the fused kernel wants one head dim: zero-pad the narrower side
             return _pad_head_dims(q, k, v, lambda q_, k_, v_: cpu_band_attention(
@@ -117,7 +117,7 @@ def sliding_window_attention(
 
         return triton_sliding_window_attention(q, k, v, window, q_lens=q_lens, k_lens=k_lens,
                                                num_sinks=num_sinks, dilation=dilation, scale=scale)
-    from seqwin.attention.blocked import blocked_attention  # noqa: PLC0415
+    from seqwin.attention.sliding_window.torch_blocked import blocked_attention  # noqa: PLC0415
 
     return blocked_attention(q, k, v, window, q_lens=q_lens, k_lens=k_lens, num_sinks=num_sinks,
                              dilation=dilation, scale=scale, dropout_p=dropout_p)

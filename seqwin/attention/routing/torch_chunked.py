@@ -1,4 +1,6 @@
-"""Dense-blocked kernels for routing attention: tokens permuted into chunks, attention between chunk pairs.
+"""Routing attention's PyTorch implementation: tokens permuted into chunks, attention between chunk pairs.
+
+(The Triton kernel for GPUs is :mod:`seqwin.kernels.routing`; this module runs on any device.)
 
 Both routing modes become attention between fixed-size chunks of a permuted token order:
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
 
@@ -35,11 +34,11 @@ def block_attention(
 
     def to_blocks(x: Tensor) -> Tensor:
         x = torch.nn.functional.pad(x, (0, 0, 0, 0, shift, back))
-        return rearrange(x, "b (m s) h d -> (b m) h s d", s=block_size)
+        return x.unflatten(1, (nb, block_size)).transpose(2, 3).flatten(0, 1)  # (b * nb, h, block_size, d)
 
     pos = torch.arange(nb * block_size) - shift
     valid = (pos >= 0)[None] & (pos[None] < lens[:, None])  # (b, nb * block_size)
-    key_mask = rearrange(valid, "b (m s) -> (b m) 1 1 s", s=block_size).to(q.device)
+    key_mask = valid.reshape(b * nb, 1, 1, block_size).to(q.device)
     qb, kb, vb = to_blocks(q), to_blocks(k), to_blocks(v)
     if hk != h:
         kb, vb = kb.repeat_interleave(h // hk, 1), vb.repeat_interleave(h // hk, 1)
@@ -47,5 +46,5 @@ def block_attention(
     # their outputs afterwards, which also keeps their gradients at zero.
     has_key = key_mask.any(-1, keepdim=True)
     out = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=key_mask | ~has_key, scale=scale)
-    out = rearrange(out, "(b m) h s d -> b (m s) h d", b=b)[:, shift : shift + n]
+    out = out.unflatten(0, (b, nb)).transpose(2, 3).flatten(1, 2)[:, shift : shift + n]  # (b, nb * block_size, h, d)
     return out * valid[:, shift : shift + n, None, None].to(out.device, out.dtype)

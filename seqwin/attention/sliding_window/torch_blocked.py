@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor
 
-from seqwin.attention.band_plan import make_plan
 from seqwin.attention.reference import Window, window_mask
+from seqwin.attention.sliding_window.band_plan import make_plan
 
 
 def blocked_attention(
@@ -32,7 +31,8 @@ def blocked_attention(
     def pad_seq(x: Tensor, front: int, back: int) -> Tensor:
         return torch.nn.functional.pad(x, (0, 0, 0, 0, front, back))
 
-    qc = rearrange(pad_seq(q, 0, nc * c - nq), "b (n c) (x g) d -> b n x g c d", c=c, x=hk).float()
+    # (b, chunks, kv heads, query heads per kv head, chunk, d)
+    qc = pad_seq(q, 0, nc * c - nq).unflatten(1, (nc, c)).unflatten(3, (hk, h // hk)).permute(0, 1, 3, 4, 2, 5).float()
 
     def spans(x: Tensor) -> Tensor:
         xp = pad_seq(x, plan.pad_front, plan.pad_back).float()
@@ -70,5 +70,5 @@ def blocked_attention(
     out = torch.einsum("bnxgcl,bnlxd->bnxgcd", probs[..., :span], vs)
     if num_sinks > 0:
         out = out + torch.einsum("bnxgcl,blxd->bnxgcd", probs[..., span:], sink_v)
-    out = rearrange(out, "b n x g c d -> b (n c) (x g) d")[:, :nq]
+    out = out.permute(0, 1, 4, 2, 3, 5).flatten(3, 4).flatten(1, 2)[:, :nq]  # (b, chunks * chunk, heads, d)
     return out.to(q.dtype)

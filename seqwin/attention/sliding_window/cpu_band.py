@@ -15,9 +15,9 @@ import math
 import torch
 from torch import Tensor
 
-from seqwin.attention.band_plan import BandPlan, make_plan
 from seqwin.attention.lse import additive, merge
 from seqwin.attention.reference import Window, window_mask
+from seqwin.attention.sliding_window.band_plan import BandPlan, make_plan
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward

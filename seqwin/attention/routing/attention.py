@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seqwin.attention.reference import masked_attention_reference
-from seqwin.attention.routing_kernels import (
+from seqwin.attention.routing.kmeans import KMeansRouter, RouterOutput
+from seqwin.attention.routing.torch_chunked import (
     ChunkGroup,
     causal_groups,
     chunk_attention,
@@ -44,7 +45,6 @@ from seqwin.attention.routing_kernels import (
     scatter_tokens,
     sorted_order,
 )
-from seqwin.attention.routing_kmeans import KMeansRouter, RouterOutput
 from seqwin.kernels import triton_available
 
 __all__ = ["KMeansRouter", "RouterOutput", "routing_attention", "routing_attention_reference", "routing_mask"]

@@ -9,7 +9,7 @@ attention.
 
 Memory is ``heads * num_clusters * window`` slots per sequence (stored per query head, since grouped-query
 heads route the shared keys with their own centroids). The local-window heads of a mixed layer keep their own
-sliding-window cache.
+sliding-window cache. :func:`ingest_routing` writes a whole prompt into the cache at once (prefill).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from seqwin.attention.routing_kmeans import KMeansRouter
+from seqwin.attention.routing.kmeans import KMeansRouter
 
 
 class RoutingKVCache:
@@ -79,3 +79,31 @@ class RoutingKVCache:
         )  # the token itself is filled
         out = torch.einsum("bhw,bhwd->bhd", probs, values.float())
         return out[:, None].to(q.dtype)
+
+
+@torch.no_grad()
+def ingest_routing(cache: RoutingKVCache, q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Write a prompt's tokens into ``cache`` at once, exactly as ``cache.step`` would one by one: token t of
+    cluster c lands in ring slot ``rank % window`` (its rank among c's tokens so far), and only each cluster's
+    last ``window`` tokens survive. ``q`` ``(batch, n, heads, dim)``, ``k``/``v`` with heads or kv heads."""
+    if cache.keys is None:  # the first step allocates the rings
+        cache.step(q[:, :1], k[:, :1], v[:, :1])
+        q, k, v = q[:, 1:], k[:, 1:], v[:, 1:]
+    n, h = q.shape[1], q.shape[2]
+    if n == 0:
+        return
+    assert cache.keys is not None and cache.values is not None and cache.count is not None
+    if k.shape[2] != h:
+        k, v = k.repeat_interleave(h // k.shape[2], dim=2), v.repeat_interleave(h // k.shape[2], dim=2)
+    ids = cache.router.assign(q if cache.shared_qk else k)  # (b, h, n)
+    onehot = torch.nn.functional.one_hot(ids, cache.router.num_clusters)  # (b, h, n, c)
+    before = cache.count.gather(-1, ids)  # tokens of the cluster written before this prompt
+    rank = before + (onehot.cumsum(2) - onehot).gather(-1, ids[..., None])[..., 0]
+    total = cache.count + onehot.sum(2)
+    keep = rank >= total.gather(-1, ids) - cache.window  # each cluster's last `window` tokens
+    bi, hi, ti = keep.nonzero(as_tuple=True)
+    ci, slot = ids[bi, hi, ti], rank[bi, hi, ti] % cache.window
+    cache.keys[bi, hi, ci, slot] = k[bi, ti, hi].to(cache.keys.dtype)
+    cache.values[bi, hi, ci, slot] = v[bi, ti, hi].to(cache.values.dtype)
+    cache.count = total
+    cache.num_steps += n

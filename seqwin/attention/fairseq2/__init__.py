@@ -1,0 +1,22 @@
+"""fairseq2 adapters of seqwin attention: SDPAs, incremental-decoding states and WindowKV for fairseq2 models.
+
+The only part of :mod:`seqwin.attention` that imports fairseq2; the algorithms themselves need torch alone.
+"""
+
+from seqwin.attention.fairseq2.decoding import StatefulRoutingSDPA, attention_layers, decoding_session
+from seqwin.attention.fairseq2.routing_sdpa import RoutingSDPA, collect_aux_losses
+from seqwin.attention.fairseq2.sliding_window_sdpa import SlidingWindowSDPA, windowize
+from seqwin.attention.fairseq2.sliding_window_state import SlidingWindowAttentionStateFactory
+from seqwin.attention.fairseq2.windowkv import WindowKV
+
+__all__ = [
+    "RoutingSDPA",
+    "SlidingWindowAttentionStateFactory",
+    "SlidingWindowSDPA",
+    "StatefulRoutingSDPA",
+    "WindowKV",
+    "attention_layers",
+    "collect_aux_losses",
+    "decoding_session",
+    "windowize",
+]
