@@ -97,7 +97,7 @@ def test_bf16_convolutions_this_cpu_gets_wrong_run_in_float32(monkeypatch, caplo
         guarded = _run(net, inputs, valid, torch.bfloat16)[0]
     assert _relative_error(guarded.detach(), ref.detach()) <= _TOLERANCE[torch.bfloat16][0]
     flagged = {key for key, error in cpu_bf16._verdicts.items() if error > cpu_bf16.MAX_ERROR}
-    channels_last = {key for key in cpu_bf16._verdicts if key[-1]}
+    channels_last = {key for key in cpu_bf16._verdicts if key[0][-1]}  # (layer configuration, backward)
     assert flagged == channels_last and flagged  # exactly the layers whose kernel is wrong
     assert sum("runs in float32" in r.message for r in caplog.records) == len(flagged)  # one warning each
     monkeypatch.setattr(seanet, "bf16_is_sound", lambda *args: True)

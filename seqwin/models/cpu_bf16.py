@@ -26,6 +26,15 @@ MAX_ERROR = 0.05
 _verdicts: dict[Hashable, float] = {}
 
 
+def cpu_has_bf16_instructions() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 or AMX). Elsewhere it emulates bf16, and a bf16 model is
+    several times slower than float32 (measured: the paper-size codec encoder, AMD EPYC with AVX2 only)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def runs_in_bf16_on_cpu(*tensors: Tensor) -> bool:
     """Whether a layer called with ``tensors`` computes in bf16 on the CPU: a bf16 input or weight, or bf16
     autocast."""
@@ -36,35 +45,40 @@ def runs_in_bf16_on_cpu(*tensors: Tensor) -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def bf16_error(key: Hashable, shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor]) -> float:
-    """The probe's error of ``op`` in bf16 on this CPU (cached per ``key``): ``op(*inputs)`` on random inputs of
-    ``shapes``, bf16 against float32 arithmetic on the same bf16-rounded values, the worst of the output and every
-    input's gradient, each relative to the float32 result's largest magnitude."""
-    if key not in _verdicts:
-        _verdicts[key] = _probe(shapes, op)
-    return _verdicts[key]
+def bf16_error(key: Hashable, shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor], *,
+               backward: bool) -> float:
+    """The probe's error of ``op`` in bf16 on this CPU (cached per ``key`` and ``backward``): ``op(*inputs)`` on
+    random inputs of ``shapes``, bf16 against float32 arithmetic on the same bf16-rounded values, the worst of the
+    output and, with ``backward``, every input's gradient, each relative to the float32 result's largest magnitude."""
+    if (key, backward) not in _verdicts:
+        _verdicts[key, backward] = _probe(shapes, op, backward)
+    return _verdicts[key, backward]
 
 
 def bf16_is_sound(key: Hashable, shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor]) -> bool:
-    """Whether ``op`` may run in bf16 on this CPU (see :func:`bf16_error`); warns once per ``key`` when not."""
-    fresh = key not in _verdicts
-    error = bf16_error(key, shapes, op)
+    """Whether ``op`` may run in bf16 on this CPU (see :func:`bf16_error`); its backward is probed too where
+    gradients are being recorded. Warns once per ``key`` when not."""
+    backward = torch.is_grad_enabled()
+    fresh = (key, backward) not in _verdicts
+    error = bf16_error(key, shapes, op, backward=backward)
     if error > MAX_ERROR and fresh:
         log.warning("bfloat16 %s is wrong on this CPU (probe error %.2f vs float32); it runs in float32", key, error)
     return error <= MAX_ERROR
 
 
-def _probe(shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor]) -> float:
+def _probe(shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor], backward: bool) -> float:
     results = []
     # the caller may be under inference mode (encode) or autocast: the probe needs neither
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
+    with torch.inference_mode(False), torch.set_grad_enabled(backward), torch.autocast("cpu", enabled=False):
         gen = torch.Generator().manual_seed(0)
         inputs = [torch.randn(shape, generator=gen).bfloat16() for shape in shapes]
         for dtype in (torch.float32, torch.bfloat16):
-            args = [t.to(dtype).requires_grad_() for t in inputs]
+            args = [t.to(dtype).requires_grad_(backward) for t in inputs]
             out = op(*args)
-            cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-            out.backward(cotangent.to(dtype))
-            results.append([out.detach().float(), *(a.grad.float() for a in args)])
+            results.append([out.detach().float()])
+            if backward:
+                cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+                out.backward(cotangent.to(dtype))
+                results[-1] += [a.grad.float() for a in args]
     return max(float((low - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                for ref, low in zip(*results, strict=True))

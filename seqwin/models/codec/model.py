@@ -8,6 +8,7 @@ with. :meth:`Codec.encode_chunked` encodes long files in chunks; see its docstri
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from seqwin.models.codec.config import CodecConfig
 from seqwin.models.codec.fusion import TeacherBatch, TeacherFusion, TeacherProjection
 from seqwin.models.codec.quantizer import ResidualQuantizer
 from seqwin.models.codec.seanet import SConv1d, SEANetDecoder, SEANetEncoder, receptive_context
+from seqwin.models.cpu_bf16 import cpu_has_bf16_instructions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,6 +181,9 @@ class Codec(nn.Module):
         ``encode(bf16=True)`` call, so the codes stay the same; the casts are what is saved (about 5 % of the
         paper-size encode on a 2-core CPU). The RVQ codebooks stay float32, as the search does. A folded codec
         cannot be trained or saved as a training checkpoint (its weights are no longer the trained parameters)."""
+        if bf16 and not cpu_has_bf16_instructions():
+            log.warning("this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): bf16 runs emulated, slower "
+                        "than float32")
         self.encoder.set_channels_last()
         if self.decoder is not None:
             self.decoder.set_channels_last()
