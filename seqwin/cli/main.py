@@ -10,11 +10,11 @@ import logging
 import sys
 
 from seqwin import __version__
-from seqwin.cli import codec, generate, prepare, tasks, windowize
+from seqwin.cli import codec, generate, prepare, tasks, transcribe, windowize
 from seqwin.errors import UserError
 
 # Each entry adds its subcommand(s) to the top-level parser; a module lands here only once it works.
-_COMMANDS = [prepare, tasks, codec, generate, windowize]
+_COMMANDS = [prepare, tasks, codec, generate, windowize, transcribe]
 
 
 class _Parser(argparse.ArgumentParser):
