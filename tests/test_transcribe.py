@@ -50,8 +50,11 @@ def micro(frontend: str = "logmel", window=(4, 4), **encoder) -> object:
 def build(cfg, seed: int = 0, *, confident: bool = False):
     torch.manual_seed(seed)
     model = create_seqwin_wav2vec2_asr_model(cfg).eval()
-    if confident:  # frame-dependent letters with large logit gaps, so that the text is not all blanks
-        with torch.no_grad():
+    with torch.no_grad():
+        for layer in model.encoder.layers:  # BERT-style init (std 0.02) makes attention a whisper next to the
+            layer.self_attn.v_proj.weight.mul_(10.0)  # residual: amplify it so that the frames at the edge of
+            layer.self_attn.output_proj.weight.mul_(10.0)  # the receptive field visibly move the logits
+        if confident:  # frame-dependent letters with large logit gaps, so that the text is not all blanks
             model.final_proj.weight.mul_(30.0)
             model.final_proj.bias[0] -= 2.0
     return model
@@ -124,6 +127,28 @@ EXACT["conv + group norm, odd pos conv, per-head windows"][0].attention.head_win
 
 
 @pytest.mark.parametrize("name", list(EXACT))
+def test_receptive_field_is_what_the_encoder_depends_on(name):
+    """Perturb one frame of features: exactly the output frames within (left, right) of it change."""
+    cfg, normalize = EXACT[name]
+    model = build(cfg)
+    rf = receptive_field(cfg, normalize=normalize)
+    frontend = model.encoder_frontend
+
+    def encode(feats):
+        layout = BatchLayout.of(feats)
+        with torch.inference_mode():
+            seqs, _ = frontend.process_features(frontend.post_extract_layer_norm(feats), layout)
+            return model.final_proj(model.encoder(seqs, layout))[0]
+
+    torch.manual_seed(1)
+    feats = torch.randn(1, 60, cfg.model.encoder_config.feature_dim)
+    moved = feats.clone()
+    moved[0, 30] += torch.randn(feats.shape[-1])
+    changed = ((encode(moved) - encode(feats)).abs().amax(-1) > 0).nonzero().flatten().tolist()
+    assert changed == list(range(30 - rf.right, 30 + rf.left + 1))
+
+
+@pytest.mark.parametrize("name", list(EXACT))
 def test_chunked_logits_equal_whole_file_logits(name):
     cfg, normalize = EXACT[name]
     model = build(cfg)
@@ -187,6 +212,38 @@ def test_stream_encoder_emits_exact_logits_as_audio_arrives():
     assert len(pieces) > 5 and len(stream.buffer) < 2000  # only the context is kept
     torch.testing.assert_close(torch.cat(pieces), whole(model, w), atol=1e-5, rtol=0)
     assert min(lags) >= rf.right * rf.stride + rf.width - rf.stride  # never ahead of the right context
+
+
+def _peaky(path: str) -> torch.Tensor:
+    """Logits whose argmax spells ``path`` frame by frame ('.' = blank)."""
+    ids = torch.tensor([0 if c == "." else SYMBOLS.index(c) for c in path])
+    logits = torch.full((len(path), len(SYMBOLS)), -5.0)
+    logits[torch.arange(len(path)), ids] = 5.0
+    return logits
+
+
+@pytest.mark.parametrize("decoder", ["greedy", "beam"])
+def test_word_times_follow_the_ctc_path(decoder, tmp_path):
+    """THE: T at frames 2-3 .. E at 7 (ends after frame 7); HAT: H at 13 .. T at 18-19 (ends after 19, or after
+    18 where the beam decoder only knows where a letter starts). Fed in chunks of 4 frames."""
+    from seqwin.recipes.wav2vec2.transcript import BeamStream, GreedyStream
+
+    path = "..TT.H.E..||.H.AA.TT.|.."
+    if decoder == "greedy":
+        stream, end = GreedyStream(SYMBOLS, 0.04), 20
+    else:
+        pytest.importorskip("flashlight.lib.text.decoder", reason="beam search needs flashlight-text")
+        from seqwin.recipes.wav2vec2.beam import lexicon_decoder
+
+        (tmp_path / "lm.wrd").write_text("THE HAT\nHAT\n")
+        stream, end = BeamStream(lexicon_decoder(SYMBOLS, tmp_path / "lm.wrd", tmp_path, beam_size=4),
+                                 SYMBOLS, 0.04), 19
+    logits = _peaky(path)
+    for i in range(0, len(path), 4):
+        stream.step(logits[i:i + 4])
+    text, words = stream.finish()
+    assert text == "THE HAT"
+    assert [(w.word, w.start, w.end) for w in words] == [("THE", 0.08, 0.32), ("HAT", 0.52, round(end * 0.04, 3))]
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
