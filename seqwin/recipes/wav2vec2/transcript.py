@@ -13,6 +13,7 @@ steps through frames the same way whether fed once or chunk by chunk.
 from __future__ import annotations
 
 import json
+from array import array
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,22 +55,22 @@ class GreedyStream:
         self.symbols, self.frame_seconds = symbols, frame_seconds
         self.frames = 0
         self.previous = -1
-        self.letters: list[list[int]] = []  # [id, first frame, end frame]
+        self.letters = array("q")  # id, first frame, end frame per letter: 24 bytes each, for hour-long files
 
     def step(self, logits: Tensor) -> None:
         for t, i in enumerate(logits.argmax(-1).tolist(), start=self.frames):
-            if i == self.previous and self.letters and self.letters[-1][2] == t:
-                self.letters[-1][2] = t + 1
+            if i == self.previous and self.letters and self.letters[-1] == t:
+                self.letters[-1] = t + 1
             elif i not in SPECIAL_IDS and i < len(self.symbols):
-                self.letters.append([i, t, t + 1])
+                self.letters.extend((i, t, t + 1))
             self.previous = i
         self.frames += logits.shape[0]
 
     def partial(self) -> str:
-        return ids_to_words([i for i, _, _ in self.letters], self.symbols)
+        return ids_to_words(self.letters[0::3], self.symbols)
 
     def finish(self) -> tuple[str, list[Word]]:
-        letters = [(i, a, b) for i, a, b in self.letters]
+        letters = list(zip(self.letters[0::3], self.letters[1::3], self.letters[2::3], strict=True))
         return self.partial(), group_words(letters, self.symbols, self.frame_seconds)
 
 
