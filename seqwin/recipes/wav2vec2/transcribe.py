@@ -94,7 +94,7 @@ class Transcriber:
         frame_s = self.rf.stride / SAMPLE_RATE
         self.encoder = ChunkEncoder(loaded.model.to(device), self.rf, device=device,
                                     context_frames=round(options.context_seconds / frame_s))
-        self.chunk_frames = round(options.chunk_seconds / frame_s)
+        self.chunk_frames = max(1, round(options.chunk_seconds / frame_s)) if options.chunk_seconds > 0 else 0
         self.step_frames = max(1, round(options.step_seconds / frame_s))
 
     @property
@@ -162,9 +162,9 @@ class Transcriber:
                 text, words = self.decode(_spool_reader(spool), stream.received)
         facts = {"right_context_s": round(self.latency_seconds(), 3), "updates": len(lags),
                  "lag_mean_s": round(float(np.mean(lags)), 3) if lags else None,
-                 "lag_max_s": round(max(lags), 3) if lags else None, "exact": self.rf.exact,
+                 "lag_max_s": round(max(lags), 3) if lags else None,
                  "partials_use_running_statistics": bool(self.rf.levels)}
-        return Transcript("-", "stdin", stream.received / SAMPLE_RATE, text, words), facts
+        return Transcript("stdin", "-", stream.received / SAMPLE_RATE, text, words), facts
 
 
 def _chunks(source: BinaryIO, size: int) -> Iterator[bytes]:
