@@ -122,9 +122,10 @@ class Transcriber:
         """The transcript of one file and its channel count; :class:`AudioError` for unusable audio."""
         with AudioReader(inp.path, SAMPLE_RATE) as reader:
             try:
-                text, words = self.decode(reader.read, reader.num_samples)
+                self.encoder.check_length(reader.num_samples)
             except ValueError as exc:
                 raise AudioError(inp.path, "too short", str(exc)) from None
+            text, words = self.decode(reader.read, reader.num_samples)
             return Transcript(inp.id, str(inp.path), reader.num_samples / SAMPLE_RATE, text, words), reader.channels
 
     def stream(self, source: BinaryIO, on_partial: Callable[[float, str], None]) -> tuple[Transcript, dict]:
