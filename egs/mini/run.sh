@@ -7,7 +7,8 @@
 #   1  seqwin prepare mini        -> $data/mini/LibriSpeech/{train,dev,test}   (skips if already complete)
 #   2  seqwin prepare librispeech -> $data/mini/manifests/{train,dev,test}.{tsv,wrd,ltr}, dict.ltr.txt
 #   3  seqwin prepare text        -> $data/text/{train,valid,test}.txt
-#   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 9-14 codec; 20-23 LMs (each block documents its stages)
+#   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 9-14 codec; 15 transcribe; 20-23 LMs (each block
+#   documents its stages)
 set -euo pipefail
 
 stage=1
@@ -15,7 +16,7 @@ stop_stage=100
 data=data
 
 usage() {
-  sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 }
 
@@ -204,6 +205,41 @@ print("  codebook usage " + " ".join(f"{u:.2f}" for u in s["codebook_usage"]))
 print(f"  pocketsphinx WER on {s['asr_utterances']} utterances: original {f(s['wer_original'])}, "
       f"reconstructed {f(s['wer_reconstructed'])}")
 print(f"  listening report: {exp}/eval_test/index.html")
+PY
+fi
+
+# ---- transcription (stage 15): seqwin transcribe with the stage-5 CTC model -> exp/wav2vec2/transcribe --------
+# 15 the longest test utterance as a file (text, JSON word times, SRT), then streamed through stdin as raw 16-bit
+#    PCM: partial hypotheses appear on stderr as audio arrives (the pipe delivers it faster than real time, so the
+#    lag shown is the model's right context, not a wall-clock delay), and the final text must equal the file's
+tr_exp="$w2v_exp/transcribe"
+
+if run_stage 15; then
+  log 15 "transcribe a test utterance with $w2v_exp/asr -> $tr_exp"
+  mkdir -p "$tr_exp"
+  tr_file="$("$w2v_python" - "$data/mini/manifests/test.tsv" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+rows = [line.split("\t") for line in lines[1:] if line.strip()]
+print(f"{lines[0]}/{max(rows, key=lambda r: int(r[1]))[0]}")
+PY
+)"
+  "$seqwin" transcribe "$tr_file" --checkpoint "$w2v_exp/asr/model.pt" --format json -o "$tr_exp/file.jsonl"
+  "$seqwin" transcribe "$tr_file" --checkpoint "$w2v_exp/asr/model.pt" --format srt -o "$tr_exp/srt"
+  "$w2v_python" -c 'import sys, soundfile as sf; sys.stdout.buffer.write(sf.read(sys.argv[1], dtype="int16")[0].tobytes())' \
+    "$tr_file" | "$seqwin" transcribe - --checkpoint "$w2v_exp/asr/model.pt" --step-seconds 0.5 --format json \
+    -o "$tr_exp/stream.json"
+  "$w2v_python" - "$tr_exp" <<'PY'
+import json, sys
+exp = sys.argv[1]
+file, stream = json.loads(open(f"{exp}/file.jsonl").readline()), json.loads(open(f"{exp}/stream.json").read())
+s = stream["streaming"]
+print(f"  {file['source']} ({file['duration']:.1f} s): {file['text']}")
+print("  words: " + " ".join(f"{w['word']}@{w['start']:.2f}-{w['end']:.2f}" for w in file["words"][:8]) + " ...")
+print(f"  streaming: right context {s['right_context_s']:.3f} s; partial text lagged the audio by "
+      f"{s['lag_mean_s']} s on average, {s['lag_max_s']} s at most ({s['updates']} updates)")
+print(f"  final streamed text {'equals' if stream['text'] == file['text'] else 'DIFFERS FROM'} the file's")
+sys.exit(0 if stream["text"] == file["text"] else 1)
 PY
 fi
 

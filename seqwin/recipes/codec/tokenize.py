@@ -53,20 +53,13 @@ import soundfile as sf
 import torch
 
 from seqwin.data.audio import AudioError, read_audio
-from seqwin.data.errors import DataError
-from seqwin.data.manifest import read_manifest
+from seqwin.data.inputs import AudioInput, collect_inputs  # noqa: F401 - the codec evaluation imports it from here
+from seqwin.data.inputs import strip_audio_suffix as _strip  # noqa: F401 - likewise
 from seqwin.errors import UserError
 from seqwin.models.codec import Codec
 
 log = logging.getLogger(__name__)
 FORMAT = "seqwin-codes/1"
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg", ".mp3", ".opus")
-
-
-@dataclass
-class AudioInput:
-    id: str
-    path: Path
 
 
 @dataclass
@@ -89,39 +82,6 @@ class TokenizeSummary:
             out.append(f"{len(self.skipped)} input(s) skipped, e.g. {self.skipped[0]['source']}: "
                        f"{self.skipped[0]['reason']}")
         return out
-
-
-def _strip(rel: str) -> str:
-    path = Path(rel)
-    return str(path.with_suffix("")) if path.suffix.lower() in AUDIO_SUFFIXES else str(path)
-
-
-def collect_inputs(inputs: list[Path]) -> list[AudioInput]:
-    """Expand manifests, folders and files into (id, path) pairs; ids must be unique."""
-    found: list[AudioInput] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-            if not files:
-                raise UserError(f"{item}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
-            found += [AudioInput(_strip(str(p.relative_to(item))), p) for p in files]
-        elif item.suffix == ".tsv":
-            try:
-                root, entries = read_manifest(item)
-            except DataError as exc:
-                raise UserError(str(exc)) from None
-            found += [AudioInput(_strip(e.rel_path), root / e.rel_path) for e in entries]
-        elif item.is_file():
-            found.append(AudioInput(item.stem, item))
-        else:
-            raise UserError(f"{item}: no such file or folder")
-    seen: dict[str, Path] = {}
-    for inp in found:
-        if inp.id in seen:
-            raise UserError(f"two inputs map to the same id {inp.id!r}: {seen[inp.id]} and {inp.path} "
-                            "(tokenize them into different -o folders)")
-        seen[inp.id] = inp.path
-    return found
 
 
 def _header_frames(path: Path) -> int:

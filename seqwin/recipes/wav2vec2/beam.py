@@ -44,9 +44,10 @@ def write_lexicon(words: list[str], symbols: list[str], path: Path) -> int:
     return len(kept)
 
 
-def make_beam_decoder(symbols: list[str], lm: Path, out_dir: Path, *, order: int = 3, beam_size: int = 50,
-                      lm_weight: float = 2.0, word_score: float = 0.0) -> Callable[[Tensor, list[int]], list[str]]:
-    """``decode(logits (N, S, V), lengths) -> transcripts``."""
+def lexicon_decoder(symbols: list[str], lm: Path, out_dir: Path, *, order: int = 3, beam_size: int = 50,
+                    lm_weight: float = 2.0, word_score: float = 0.0):
+    """torchaudio's ``CTCDecoder`` (batch calls, or ``decode_begin`` / ``decode_step`` / ``decode_end`` over a
+    stream of log-probabilities); the lexicon and an estimated LM are written to ``out_dir``."""
     try:  # torchaudio imports without flashlight-text and fails on the first call: check the dependency itself
         from flashlight.lib.text.decoder import KenLM  # noqa: F401
     except ImportError:
@@ -57,9 +58,16 @@ def make_beam_decoder(symbols: list[str], lm: Path, out_dir: Path, *, order: int
     lexicon = out_dir / "lexicon.txt"
     if write_lexicon(arpa_vocabulary(arpa), symbols, lexicon) == 0:
         raise UserError(f"--lm {lm}: no LM word can be spelled with the model's letters")
-    decoder = ctc_decoder(lexicon=str(lexicon), tokens=list(symbols), lm=str(arpa), nbest=1, beam_size=beam_size,
-                          lm_weight=lm_weight, word_score=word_score, blank_token=symbols[0],
-                          sil_token=WORD_BOUNDARY, unk_word="<unk>")
+    return ctc_decoder(lexicon=str(lexicon), tokens=list(symbols), lm=str(arpa), nbest=1, beam_size=beam_size,
+                       lm_weight=lm_weight, word_score=word_score, blank_token=symbols[0],
+                       sil_token=WORD_BOUNDARY, unk_word="<unk>")
+
+
+def make_beam_decoder(symbols: list[str], lm: Path, out_dir: Path, *, order: int = 3, beam_size: int = 50,
+                      lm_weight: float = 2.0, word_score: float = 0.0) -> Callable[[Tensor, list[int]], list[str]]:
+    """``decode(logits (N, S, V), lengths) -> transcripts``."""
+    decoder = lexicon_decoder(symbols, lm, out_dir, order=order, beam_size=beam_size, lm_weight=lm_weight,
+                              word_score=word_score)
 
     def decode(logits: Tensor, lengths: list[int]) -> list[str]:
         emissions = torch.log_softmax(logits.float(), dim=-1).cpu().contiguous()
