@@ -15,7 +15,7 @@ import torch
 from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention.routing_sdpa import AttentionSpec
+from seqwin.attention import AttentionSpec
 from seqwin.cli import main as cli
 from seqwin.cli import transcribe as transcribe_cli
 from seqwin.models.wav2vec2.checkpoint import save_model
