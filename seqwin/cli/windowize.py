@@ -54,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
         bad = [i for i in layers if not -enc.num_encoder_layers <= i < enc.num_encoder_layers]
         if bad:
             raise UserError(f"--layers {bad}: the model has {enc.num_encoder_layers} encoder layers")
+        chosen = {j % enc.num_encoder_layers for j in layers}
         current = loaded.config.attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
-        overrides = {i: (spec if i in {j % enc.num_encoder_layers for j in layers} else la.spec)
-                     for i, la in enumerate(current)}
-        attention = LayerAttentionConfig(default=current[0].spec, overrides=overrides)
+        # the other layers keep their attention, per-head windows included
+        attention = LayerAttentionConfig(
+            default=current[0].spec,
+            overrides={i: (spec if i in chosen else la.spec) for i, la in enumerate(current)},
+            head_windows={i: la.head_windows for i, la in enumerate(current) if i not in chosen and la.head_windows})
     try:
         changed = set_encoder_attention(loaded.model, loaded.config, attention)
     except ValueError as exc:
