@@ -43,9 +43,12 @@ def _merge(base: Any, override: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a value, got a mapping")
         out = dict(base)
         for k, v in override.items():
-            if k not in base:  # name the bad key now; from_dict would list the valid ones one level down
+            if k not in base and isinstance(k, int):  # a new entry of a per-layer map (attention.overrides, ...)
+                out[k] = copy.deepcopy(v)
+            elif k not in base:  # name the bad key now; from_dict would list the valid ones one level down
                 raise ConfigError(f"unknown config key {key}.{k} (valid keys here: {', '.join(sorted(base))})")
-            out[k] = _merge(base[k], v, f"{key}.{k}") if base[k] is not None else v
+            else:
+                out[k] = _merge(base[k], v, f"{key}.{k}") if base[k] is not None else v
         return out
     return copy.deepcopy(override)
 
