@@ -127,7 +127,7 @@ def test_align_tokens_dynamic_window():
 
 @pytest.mark.parametrize("kw,needle", [
     ({"causal": True, "bottleneck": "lstm"}, "causal: true needs bottleneck"),
-    ({"causal": True, "bottleneck": "attention"}, "right must be 0"),
+    ({"causal": True, "bottleneck": "attention"}, r"^attention\.window: a causal spec needs a window with right == 0"),
     ({"quantizer": QuantizerConfig(codebook_size=65536)}, "int16"),
     ({"kernel_size": 4}, "odd"),
 ])

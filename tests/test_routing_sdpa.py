@@ -32,11 +32,14 @@ def test_spec_yaml_round_trip_and_expansion():
         top=MIXED,
         num_top_layers=2,
         overrides={0: AttentionSpec(kind="full", causal=True)},
+        head_windows={1: [(3, 0), (7, 0), (1, 0), (15, 0)]},
     )
     text = yaml.safe_dump(conv.unstructure(cfg))
     back = conv.structure(yaml.safe_load(text), LayerAttentionConfig)
     assert back == cfg and back.top.window == (5, 0)
-    assert [s.kind for s in back.expand(5)] == ["full", "local", "local", "mixed", "mixed"]
+    layers = back.expand(5, 4)
+    assert [la.spec.kind for la in layers] == ["full", "local", "local", "mixed", "mixed"]
+    assert layers[1].head_windows == [(3, 0), (7, 0), (1, 0), (15, 0)] and layers[2].head_windows is None
     specs = expand_attention_specs(3, MIXED, overrides={-1: AttentionSpec(kind="routing", num_clusters=8)})
     assert [s.kind for s in specs] == ["mixed", "mixed", "routing"]
     assert MIXED.head_split(4) == (2, 2) and AttentionSpec(kind="routing").head_split(6) == (0, 6)

@@ -15,10 +15,10 @@ from fairseq2.models.wav2vec2 import GumbelWav2Vec2VectorQuantizer
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrModel
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention import AttentionSpec
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
 from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load_model, save_model
-from seqwin.models.wav2vec2.config import EncoderAttentionConfig, asr_presets, ssl_presets
+from seqwin.models.wav2vec2.config import asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import (
     create_seqwin_wav2vec2_asr_model,
     create_seqwin_wav2vec2_model,
@@ -41,7 +41,7 @@ def small(cfg, kind: str = "full", window=(2, 2)):
     enc.dropout_p = enc.attn_dropout_p = enc.layer_drop_p = enc.ffn_inner_dropout_p = 0.0
     enc.norm_order, enc.layer_norm_features = TransformerNormOrder.POST, True  # as the paper's Base
     cfg.frontend.kind = "conv"
-    cfg.attention = EncoderAttentionConfig(default=AttentionSpec(kind=kind, window=window))
+    cfg.attention = LayerAttentionConfig(default=AttentionSpec(kind=kind, window=window))
     if hasattr(cfg.model, "quantized_dim"):
         cfg.model.quantized_dim, cfg.model.final_dim, cfg.model.num_codebook_entries = 16, 16, 8
         cfg.model.num_distractors, cfg.model.temporal_mask_span_len, cfg.model.spatial_mask_span_len = 3, 2, 2
@@ -67,7 +67,7 @@ def _logits(model, wav, layout):
 def test_attention_per_layer_and_describe():
     cfg = small(asr_presets()["tiny"])
     cfg.model.encoder_config.num_encoder_layers = 4
-    cfg.attention = EncoderAttentionConfig(
+    cfg.attention = LayerAttentionConfig(
         default=AttentionSpec(kind="local", window=(4, 4)),
         top=AttentionSpec(kind="mixed", local_heads=2, routing_heads=2, window=(3, 3), num_clusters=2),
         num_top_layers=1, overrides={0: AttentionSpec(kind="full")}, head_windows={1: [(1, 1), (2, 2), (4, 0), (0, 4)]})
@@ -92,7 +92,7 @@ def test_attention_per_layer_and_describe():
 ])
 def test_bad_attention_configs(bad, needle):
     cfg = small(asr_presets()["tiny"])
-    cfg.attention = EncoderAttentionConfig(**bad)
+    cfg.attention = LayerAttentionConfig(**bad)
     with pytest.raises(ValueError, match=needle):
         cfg.validate()
         create_seqwin_wav2vec2_asr_model(cfg)
@@ -106,13 +106,13 @@ def test_window_covering_everything_equals_dense_and_narrow_window_differs():
     ref, ref_layout = _logits(dense, wav, layout)
     wide = copy.deepcopy(dense)
     cfg_wide = copy.deepcopy(cfg)
-    assert set_encoder_attention(wide, cfg_wide, EncoderAttentionConfig(
+    assert set_encoder_attention(wide, cfg_wide, LayerAttentionConfig(
         default=AttentionSpec(kind="local", window=(-1, -1)))) == 2
     out, _ = _logits(wide, wav, layout)
     valid = torch.arange(ref.shape[1])[None, :] < torch.tensor(ref_layout.seq_lens)[:, None]
     torch.testing.assert_close(out[valid], ref[valid], atol=2e-5, rtol=1e-4)
     narrow = copy.deepcopy(dense)
-    set_encoder_attention(narrow, copy.deepcopy(cfg), EncoderAttentionConfig(
+    set_encoder_attention(narrow, copy.deepcopy(cfg), LayerAttentionConfig(
         default=AttentionSpec(kind="local", window=(1, 1))))
     out, _ = _logits(narrow, wav, layout)
     assert (out[valid] - ref[valid]).abs().max() > 1e-3

@@ -31,8 +31,8 @@ WINDOWS = {"tiny": 32, "base": 128}
 
 
 def _build(shape: str, kind: str):
-    from seqwin.attention import AttentionSpec
-    from seqwin.models.wav2vec2.config import EncoderAttentionConfig, asr_presets
+    from seqwin.attention import AttentionSpec, LayerAttentionConfig
+    from seqwin.models.wav2vec2.config import asr_presets
     from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
 
     cfg = asr_presets()["tiny" if shape == "tiny" else "base_10h"]
@@ -43,7 +43,7 @@ def _build(shape: str, kind: str):
     w = WINDOWS[shape]
     spec = {"dense": AttentionSpec(kind="full"), "sliding": AttentionSpec(kind="local", window=(w, w)),
             "routing": AttentionSpec(kind="routing", num_clusters=16, group_size=2 * w + 1)}[kind]
-    cfg.attention = EncoderAttentionConfig(default=spec)
+    cfg.attention = LayerAttentionConfig(default=spec)
     return create_seqwin_wav2vec2_asr_model(cfg)
 
 

@@ -6,7 +6,7 @@
   :func:`block_routing_attention` (routing between blocks);
 - fixed blocks: :func:`block_attention` (Swin-style, optionally shifted);
 - the dense references and masks every fast path is tested against;
-- :class:`AttentionSpec`: plain per-layer config of how a model attends.
+- :class:`AttentionSpec` / :class:`LayerAttentionConfig`: plain per-layer config of how a model attends.
 
 The fairseq2 glue (SDPAs, incremental-decoding states, WindowKV on a model) is :mod:`seqwin.attention.fairseq2`.
 """
@@ -22,12 +22,13 @@ from seqwin.attention.routing import (
     routing_mask,
 )
 from seqwin.attention.sliding_window import SlidingWindowKVCache, sliding_window_attention
-from seqwin.attention.specs import AttentionSpec, LayerAttentionConfig, expand_attention_specs
+from seqwin.attention.specs import AttentionSpec, LayerAttention, LayerAttentionConfig, expand_attention_specs
 from seqwin.attention.swin import block_attention
 
 __all__ = [
     "AttentionSpec",
     "KMeansRouter",
+    "LayerAttention",
     "LayerAttentionConfig",
     "RoutingKVCache",
     "SlidingWindowKVCache",

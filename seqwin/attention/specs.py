@@ -1,10 +1,15 @@
-"""Per-layer attention specs: plain config for choosing, layer by layer, how a model attends.
+"""Per-layer attention specs: the one config vocabulary every seqwin model uses to choose how each layer attends.
 
 The Routing Transformer configurations mix heads inside a layer (e.g. 8 local-window heads + 8 routing heads)
-and often route only in the top layers. :class:`AttentionSpec` is plain config (a dataclass of YAML-able
-fields that fairseq2's value converter structures/unstructures) and :func:`expand_attention_specs` turns
-"default + top layers + per-layer overrides" into one spec per layer, so a recipe chooses attention per layer.
-The fairseq2 SDPA that runs a spec is :class:`seqwin.attention.fairseq2.RoutingSDPA`.
+and often route only in the top layers; multi-scale encoders give each head its own window. :class:`AttentionSpec`
+is plain config (a dataclass of YAML-able fields that fairseq2's value converter structures/unstructures);
+:class:`LayerAttentionConfig` is the ``attention:`` section of a model config ("default + top layers + per-layer
+overrides + per-head windows") and :meth:`LayerAttentionConfig.expand` turns it into one :class:`LayerAttention`
+per layer, with every check that needs the layer and head counts. Error messages name the offending field relative
+to the section (``top: ...``, ``head_windows[2]: ...``); the owning config prefixes its own key.
+
+The fairseq2 SDPA of a layer is :func:`seqwin.attention.fairseq2.make_sdpa`. This module imports neither torch
+nor fairseq2.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 AttentionKind = Literal["full", "local", "routing", "mixed"]
+Window = tuple[int, int]
 
 
 @dataclass(kw_only=True)
@@ -70,6 +76,38 @@ class AttentionSpec:
             return (-1, 0) if self.causal else (-1, -1)
         return self.window
 
+    def describe(self) -> str:
+        """Short summary, e.g. ``local(32,32)`` or ``mixed(2x(255,0)+2xrouting)``."""
+        if self.kind == "full":
+            return "full"
+        if self.kind == "local":
+            return f"local({self.window[0]},{self.window[1]})"
+        if self.kind == "routing":
+            return f"routing(c={self.num_clusters})"
+        return f"mixed({self.local_heads}x({self.window[0]},{self.window[1]})+{self.routing_heads}xrouting)"
+
+
+def _named_specs(
+    num_layers: int,
+    default: AttentionSpec,
+    top: AttentionSpec | None,
+    num_top_layers: int,
+    overrides: Mapping[int, AttentionSpec],
+) -> list[tuple[str, AttentionSpec]]:
+    """``(field, spec)`` per layer, the field naming where the layer's spec was configured."""
+    if not 0 <= num_top_layers <= num_layers:
+        raise ValueError(f"num_top_layers must be in [0, {num_layers}], got {num_top_layers}")
+    if num_top_layers and top is None:
+        raise ValueError("num_top_layers > 0 needs a `top` spec")
+    named = [("default", default)] * num_layers
+    for i in range(num_layers - num_top_layers, num_layers):
+        named[i] = ("top", top)
+    for i, spec in overrides.items():
+        if not -num_layers <= i < num_layers:
+            raise ValueError(f"overrides.{i}: layer index out of range for {num_layers} layers")
+        named[i] = (f"overrides.{i}", spec)
+    return named
+
 
 def expand_attention_specs(
     num_layers: int,
@@ -82,36 +120,102 @@ def expand_attention_specs(
     """One spec per layer: ``default`` everywhere, ``top`` in the last ``num_top_layers`` layers (routing only
     in the top layers, as in the Routing Transformer), then per-layer ``overrides`` (negative indices count
     from the top)."""
-    if not 0 <= num_top_layers <= num_layers:
-        raise ValueError(f"num_top_layers must be in [0, {num_layers}], got {num_top_layers}")
-    if num_top_layers and top is None:
-        raise ValueError("num_top_layers > 0 needs a `top` spec")
-    specs = [replace(default) for _ in range(num_layers)]
-    for i in range(num_layers - num_top_layers, num_layers):
-        specs[i] = replace(top)
-    for i, spec in (overrides or {}).items():
-        if not -num_layers <= i < num_layers:
-            raise ValueError(f"override index {i} out of range for {num_layers} layers")
-        specs[i] = replace(spec)
-    return specs
+    return [replace(spec) for _, spec in _named_specs(num_layers, default, top, num_top_layers, overrides or {})]
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """How one layer attends: its spec and, for a ``local`` layer, optionally one window per head."""
+
+    spec: AttentionSpec
+    head_windows: list[Window] | None = None
+    source: str = field(default="default", compare=False)
+    """The config field this layer's attention came from (``top``, ``overrides.3``, ...), for error messages."""
+
+    def windows(self) -> Window | list[Window]:
+        """The local window, or the per-head windows (what a sliding-window SDPA takes)."""
+        return self.head_windows or self.spec.window
+
+    def max_look_back(self) -> int:
+        """Keys before the query that some local head sees (-1: unbounded)."""
+        lefts = [w[0] for w in self.head_windows] if self.head_windows else [self.spec.window[0]]
+        return -1 if -1 in lefts else max(lefts)
+
+    def describe(self) -> str:
+        if self.head_windows:
+            return "local[" + ",".join(f"({a},{b})" for a, b in self.head_windows) + "]"
+        return self.spec.describe()
 
 
 @dataclass(kw_only=True)
 class LayerAttentionConfig:
-    """Example recipe section: the default spec, the top layers' spec and their count, per-layer overrides."""
+    """The ``attention:`` section of a model config: ``default`` everywhere, ``top`` in the last ``num_top_layers``
+    layers, then per-layer ``overrides`` (negative indices count from the top); ``head_windows`` gives a layer (by
+    index) one ``(left, right)`` window per head, and that layer's spec must be ``local``."""
 
-    default: AttentionSpec = field(
-        default_factory=lambda: AttentionSpec(kind="local", window=(256, 0), causal=True)
-    )
+    default: AttentionSpec = field(default_factory=AttentionSpec)
     top: AttentionSpec | None = None
     num_top_layers: int = 0
     overrides: dict[int, AttentionSpec] = field(default_factory=dict)
+    head_windows: dict[int, list[Window]] = field(default_factory=dict)
 
-    def expand(self, num_layers: int) -> list[AttentionSpec]:
-        return expand_attention_specs(
-            num_layers,
-            self.default,
-            top=self.top,
-            num_top_layers=self.num_top_layers,
-            overrides=self.overrides,
-        )
+    def expand(self, num_layers: int, num_heads: int, *, causal: bool = False) -> list[LayerAttention]:
+        """One :class:`LayerAttention` per layer, after every check that needs the layer and head counts.
+
+        ``causal``: the model is a decoder, so every spec is made causal (a local window, and each per-head
+        window, must then have ``right == 0``)."""
+        named = _named_specs(num_layers, self.default, self.top, self.num_top_layers, self.overrides)
+        layers = []
+        for name, spec in named:
+            if causal and not spec.causal:
+                try:
+                    spec = replace(spec, causal=True)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+            try:
+                spec.head_split(num_heads)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            layers.append(LayerAttention(replace(spec), source=name))
+        for index, windows in self.head_windows.items():
+            key = f"head_windows[{index}]"
+            if not -num_layers <= index < num_layers:
+                raise ValueError(f"{key}: layer index out of range for {num_layers} layers")
+            if len(windows) != num_heads:
+                raise ValueError(f"{key}: {len(windows)} windows for {num_heads} heads")
+            per_head = [tuple(int(x) for x in w) for w in windows]  # YAML gives lists
+            if any(len(w) != 2 or min(w) < -1 for w in per_head):
+                raise ValueError(f"{key}: windows must be (left, right) with sides >= -1 (-1: unbounded), "
+                                 f"got {windows}")
+            layer = layers[index]
+            if layer.spec.kind != "local":
+                raise ValueError(f"{key}: layer {index % num_layers} is {layer.spec.kind!r} ({layer.source}), "
+                                 "per-head windows need 'local'")
+            if layer.spec.causal and any(w[1] != 0 for w in per_head):
+                raise ValueError(f"{key}: a causal layer needs windows with right == 0, got {windows}")
+            layers[index] = LayerAttention(layer.spec, per_head, source=key)
+        return layers
+
+    def describe(self, num_layers: int, num_heads: int) -> str:
+        """Short human-readable summary, e.g. ``6 x local(32,32)`` or ``2 x local(255,0) + 1 x mixed(...)``."""
+        runs: list[list] = []  # [count, text]
+        for layer in self.expand(num_layers, num_heads):
+            text = layer.describe()
+            if runs and runs[-1][1] == text:
+                runs[-1][0] += 1
+            else:
+                runs.append([1, text])
+        return " + ".join(f"{count} x {text}" for count, text in runs)
+
+    def check_clusters_fit(self, num_tokens: int, what: str, key: str = "attention") -> None:
+        """Routing heads with more clusters than a training sequence has tokens (``what`` says which) leave
+        clusters empty on every batch: their centroids never move and non-causal groups come out empty.
+        ``key``: where this section sits in the recipe, for the message."""
+        sections = [("default", self.default)]
+        if self.top is not None and self.num_top_layers > 0:
+            sections.append(("top", self.top))
+        sections += [(f"overrides.{i}", spec) for i, spec in self.overrides.items()]
+        for name, spec in sections:
+            if spec.kind in ("routing", "mixed") and spec.num_clusters > num_tokens:
+                raise ValueError(f"{key}.{name}.num_clusters ({spec.num_clusters}) is more than the {num_tokens} "
+                                 f"tokens of {what}: clusters would stay empty; lower it")

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from seqwin.attention import AttentionSpec
+    from seqwin.attention import AttentionSpec, LayerAttentionConfig
     from seqwin.data.errors import DataError
     from seqwin.data.manifest import CharDictionary
     from seqwin.errors import UserError
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     enc = loaded.config.model.encoder_config
     spec = AttentionSpec(kind="full") if args.window == "full" else AttentionSpec(kind="local",
                                                                                   window=parse_window(args.window))
-    attention = type(loaded.config.attention)(default=spec)
+    attention = LayerAttentionConfig(default=spec)
     if args.layers:
         try:
             layers = [int(x) for x in args.layers.split(",")]
@@ -54,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
         bad = [i for i in layers if not -enc.num_encoder_layers <= i < enc.num_encoder_layers]
         if bad:
             raise UserError(f"--layers {bad}: the model has {enc.num_encoder_layers} encoder layers")
+        chosen = {j % enc.num_encoder_layers for j in layers}
         current = loaded.config.attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
-        overrides = {i: (spec if i in {j % enc.num_encoder_layers for j in layers} else la.spec)
-                     for i, la in enumerate(current)}
-        attention = type(loaded.config.attention)(default=current[0].spec, overrides=overrides)
+        # the other layers keep their attention, per-head windows included
+        attention = LayerAttentionConfig(
+            default=current[0].spec,
+            overrides={i: (spec if i in chosen else la.spec) for i, la in enumerate(current)},
+            head_windows={i: la.head_windows for i, la in enumerate(current) if i not in chosen and la.head_windows})
     try:
         changed = set_encoder_attention(loaded.model, loaded.config, attention)
     except ValueError as exc:

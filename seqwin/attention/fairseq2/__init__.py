@@ -1,9 +1,11 @@
-"""fairseq2 adapters of seqwin attention: SDPAs, incremental-decoding states and WindowKV for fairseq2 models.
+"""fairseq2 adapters of seqwin attention: SDPAs (one per layer spec: :func:`make_sdpa`), incremental-decoding
+states and WindowKV for fairseq2 models.
 
 The only part of :mod:`seqwin.attention` that imports fairseq2; the algorithms themselves need torch alone.
 """
 
 from seqwin.attention.fairseq2.decoding import StatefulRoutingSDPA, attention_layers, decoding_session
+from seqwin.attention.fairseq2.factory import make_sdpa, make_state_factory
 from seqwin.attention.fairseq2.routing_sdpa import RoutingSDPA, collect_aux_losses
 from seqwin.attention.fairseq2.sliding_window_sdpa import SlidingWindowSDPA, windowize
 from seqwin.attention.fairseq2.sliding_window_state import SlidingWindowAttentionStateFactory
@@ -18,5 +20,7 @@ __all__ = [
     "attention_layers",
     "collect_aux_losses",
     "decoding_session",
+    "make_sdpa",
+    "make_state_factory",
     "windowize",
 ]

@@ -11,12 +11,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from seqwin.attention import AttentionSpec
+
 Variant = Literal["none", "fusion", "distill", "context_align"]
 
 
 @dataclass
 class AttentionBottleneckConfig:
-    """Sliding-window transformer blocks (seqwin attention) used as the bottleneck sequence model."""
+    """Sliding-window transformer blocks (seqwin attention) used as the bottleneck sequence model.
+
+    In the shared attention vocabulary every block is one ``local`` :class:`~seqwin.attention.AttentionSpec`
+    (:meth:`spec`), and the config is checked as one. The window stays a plain field rather than a spec section
+    because the blocks admit nothing else: their windowed-mean centring and the exactness of chunked encoding need
+    one bounded window shared by every head (routing would make a frame's code depend on frames outside it), and
+    codec files and recipes already spell it ``attention.window``."""
 
     num_layers: int = 2
     num_heads: int = 8
@@ -24,6 +32,10 @@ class AttentionBottleneckConfig:
     """(left, right) in frames, inclusive; ``right`` must be 0 for a causal (streaming) codec."""
     ffn_mult: int = 2
     dropout_p: float = 0.0
+
+    def spec(self, causal: bool) -> AttentionSpec:
+        """The blocks' attention as a spec (``causal``: the codec's own ``causal`` field)."""
+        return AttentionSpec(kind="local", window=self.window, causal=causal)
 
 
 @dataclass
@@ -106,8 +118,10 @@ class CodecConfig:
         if self.bottleneck == "attention":
             if left < 0 or right < 0:
                 raise ValueError(f"attention.window must be bounded (left, right >= 0), got {[left, right]}")
-            if self.causal and right != 0:
-                raise ValueError(f"attention.window right must be 0 for a causal codec, got {right}")
+            try:
+                self.attention.spec(self.causal)
+            except ValueError as exc:  # e.g. a causal codec whose window looks ahead
+                raise ValueError(f"attention.window: {exc}") from None
             if self.bottleneck_channels % self.attention.num_heads:
                 raise ValueError(f"attention.num_heads ({self.attention.num_heads}) must divide the bottleneck "
                                  f"width {self.bottleneck_channels}")

@@ -1,18 +1,19 @@
 """``LMConfig``: a decoder-only language model whose layers each choose their attention.
 
 Every layer is a pre-norm Transformer block (RMSNorm, rotary positions inside attention, GLU feed-forward). The
-attention of each layer comes from :class:`seqwin.attention.LayerAttentionConfig`: a default spec,
-a spec for the top ``num_top_layers`` layers and per-layer overrides, each ``full``, ``local`` (sliding window),
-``routing`` (online k-means clusters) or ``mixed`` (local + routing heads) — the Routing Transformer layouts.
-An LM is causal, so every spec is made causal here (a local window must then have ``right == 0``).
+attention of each layer comes from :class:`seqwin.attention.LayerAttentionConfig` (the vocabulary the wav2vec2
+encoder shares): a default spec, a spec for the top ``num_top_layers`` layers and per-layer overrides, each ``full``,
+``local`` (sliding window), ``routing`` (online k-means clusters) or ``mixed`` (local + routing heads) — the Routing
+Transformer layouts — and optionally one window per head in a local layer. An LM is causal, so every spec is made
+causal here (a local window, and each per-head window, must then have ``right == 0``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
-from seqwin.attention import AttentionSpec, LayerAttentionConfig
+from seqwin.attention import AttentionSpec, LayerAttention, LayerAttentionConfig
 
 SEQWIN_LM_FAMILY = "seqwin_lm"
 
@@ -59,23 +60,23 @@ class LMConfig:
             raise ValueError(f"num_kv_heads ({kv}) must divide num_heads ({self.num_heads})")
         if not 0.0 <= self.dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {self.dropout_p}")
-        for i, spec in enumerate(self.layer_specs()):
-            try:
-                local, routing = spec.head_split(self.num_heads)
-            except ValueError as exc:
-                raise ValueError(f"attention (layer {i}): {exc}") from None
-            group = self.num_heads // kv
-            if spec.kind == "mixed" and local % group:
-                raise ValueError(f"attention (layer {i}): local_heads ({local}) must be a multiple of the "
-                                 f"query heads per key/value head ({group})")
-            if spec.kind in ("local", "mixed") and spec.window[0] < 0:
-                raise ValueError(f"attention (layer {i}): a local window needs a bounded left side, "
-                                 f"got {spec.window}")
+        group = self.num_heads // kv
+        for layer in self.layers():
+            spec, where = layer.spec, f"attention.{layer.source}"
+            if spec.kind == "mixed" and spec.local_heads % group:
+                raise ValueError(f"{where}: local_heads ({spec.local_heads}) must be a multiple of the query heads "
+                                 f"per key/value head ({group})")
+            # bounded look-back: decoding keeps a ring buffer of the window
+            if spec.kind in ("local", "mixed") and layer.max_look_back() < 0:
+                raise ValueError(f"{where}: a local window needs a bounded left side, got {layer.windows()}")
+
+    def layers(self) -> list[LayerAttention]:
+        """One causal :class:`LayerAttention` per layer."""
+        try:
+            return self.attention.expand(self.num_layers, self.num_heads, causal=True)
+        except ValueError as exc:
+            raise ValueError(f"attention.{exc}") from None
 
     def layer_specs(self) -> list[AttentionSpec]:
         """One causal spec per layer."""
-        try:
-            specs = self.attention.expand(self.num_layers)
-            return [spec if spec.causal else replace(spec, causal=True) for spec in specs]
-        except ValueError as exc:
-            raise ValueError(f"attention: {exc}") from None
+        return [layer.spec for layer in self.layers()]

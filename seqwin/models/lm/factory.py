@@ -1,10 +1,11 @@
 """``create_lm_model``: build a fairseq2 ``TransformerLM`` from an :class:`LMConfig`.
 
-Per layer, the attention spec picks the SDPA and the incremental-decoding cache:
+Per layer, :func:`seqwin.attention.fairseq2.make_sdpa` picks the SDPA of the layer's causal spec and
+:func:`~seqwin.attention.fairseq2.make_state_factory` its incremental-decoding cache:
 
 - ``full``: fairseq2's ``TorchSDPA`` with a causal bias (PyTorch's fused kernel) and the default growing cache;
-- ``local``: :class:`~seqwin.attention.fairseq2.SlidingWindowSDPA` with the ring-buffer cache
-  (:class:`~seqwin.attention.fairseq2.SlidingWindowAttentionStateFactory`), so decoding memory stays O(window);
+- ``local``: :class:`~seqwin.attention.fairseq2.SlidingWindowSDPA` (one window, or one per head) with the
+  ring-buffer cache, so decoding memory stays O(window);
 - ``routing`` / ``mixed``: :class:`~seqwin.attention.fairseq2.RoutingSDPA` (its k-means centroids are buffers,
   saved with the model); for decoding see :mod:`seqwin.models.lm.decoding`.
 
@@ -16,16 +17,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 from fairseq2.models.transformer import (
-    CausalAttentionBias,
     FeedForwardNetwork,
     GLUFeedForwardNetwork,
     StandardFeedForwardNetwork,
     StandardMultiheadAttention,
-    TorchSDPA,
     TransformerEmbeddingFrontend,
     TransformerNormOrder,
 )
-from fairseq2.models.transformer.sdpa.base import SDPA
 from fairseq2.models.transformer_lm import (
     StandardTransformerLMDecoder,
     StandardTransformerLMDecoderLayer,
@@ -34,8 +32,7 @@ from fairseq2.models.transformer_lm import (
 from fairseq2.nn import Linear, Projection, RMSNorm, RotaryEncoder, StandardEmbedding, TiedProjection
 from torch import Tensor
 
-from seqwin.attention import AttentionSpec
-from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowAttentionStateFactory, SlidingWindowSDPA
+from seqwin.attention.fairseq2 import make_sdpa, make_state_factory
 from seqwin.models.lm.config import LMConfig
 
 
@@ -45,22 +42,13 @@ def _normal(weight: Tensor, bias: Tensor | None, std: float) -> None:
         nn.init.zeros_(bias)
 
 
-def create_sdpa(spec: AttentionSpec, num_heads: int, head_dim: int) -> SDPA:
-    """The SDPA of one causal layer spec."""
-    if spec.kind == "full":
-        return TorchSDPA(CausalAttentionBias())
-    if spec.kind == "local":
-        return SlidingWindowSDPA(spec.window)
-    return RoutingSDPA(spec, num_heads, head_dim)
-
-
 class LMFactory:
     def __init__(self, config: LMConfig) -> None:
         config.validate()
         if config.vocab_size < 1:
             raise ValueError("LMConfig.vocab_size must be set (from the tokenizer) before building the model")
         self.config = config
-        self.specs = config.layer_specs()
+        self.layers = config.layers()
 
     def create_model(self) -> TransformerLM:
         cfg = self.config
@@ -89,14 +77,11 @@ class LMFactory:
         return init
 
     def create_layer(self, idx: int, rope: RotaryEncoder) -> StandardTransformerLMDecoderLayer:
-        cfg, spec = self.config, self.specs[idx]
-        state_factory = None
-        if spec.kind == "local":  # constant-memory ring buffer while decoding
-            state_factory = SlidingWindowAttentionStateFactory(spec.window[0])
+        cfg, layer = self.config, self.layers[idx]
         attn = StandardMultiheadAttention(
-            cfg.model_dim, cfg.num_heads, create_sdpa(spec, cfg.num_heads, cfg.head_dim),
+            cfg.model_dim, cfg.num_heads, make_sdpa(layer, cfg.num_heads, cfg.head_dim),
             num_key_value_heads=cfg.num_kv_heads, qkv_proj_init_fn=self._init_proj(idx), pos_encoder=rope,
-            output_proj_init_fn=self._init_proj(idx), bias=False, state_factory=state_factory,
+            output_proj_init_fn=self._init_proj(idx), bias=False, state_factory=make_state_factory(layer),
         )
         ffn: FeedForwardNetwork
         if cfg.ffn == "glu":

@@ -4,10 +4,11 @@
 ``Wav2Vec2AsrConfig`` unchanged, so every fairseq2 field (and fairseq1 checkpoints built from them) keeps its
 meaning, and add:
 
-- ``attention``: which SDPA each encoder layer uses -- ``full`` (fairseq2's dense ``TorchSDPA``, exactly what the
-  paper and fairseq1 checkpoints use), ``local`` (seqwin sliding window; one window or one per head),
-  ``routing`` or ``mixed`` (local + routing heads, ``seqwin.attention.specs``). Windows count encoder
-  frames (20 ms each with the paper's conv frontend).
+- ``attention``: which SDPA each encoder layer uses, as :class:`seqwin.attention.LayerAttentionConfig` (the
+  vocabulary the LM shares) -- ``full`` (fairseq2's dense ``TorchSDPA``, exactly what the paper and fairseq1
+  checkpoints use), ``local`` (seqwin sliding window; one window or one per head), ``routing`` or ``mixed``
+  (local + routing heads). The encoder is bidirectional, so no spec may be causal. Windows count encoder frames
+  (20 ms each with the paper's conv frontend).
 - ``frontend``: ``conv`` (the paper's waveform CNN) or ``logmel`` (log-mel filterbanks stacked ``stack`` frames
   at a time: a cheap feature encoder for CPU-sized models; the quantizer then discretizes stacked filterbanks).
 
@@ -26,81 +27,10 @@ from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2EncoderConfig
 from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrConfig
 
-from seqwin.attention import AttentionSpec, expand_attention_specs
+from seqwin.attention import AttentionSpec, LayerAttention, LayerAttentionConfig
 
 SSL_FAMILY = "seqwin_wav2vec2"
 ASR_FAMILY = "seqwin_wav2vec2_asr"
-Window = tuple[int, int]
-
-
-@dataclass(kw_only=True)
-class EncoderAttentionConfig:
-    """Attention of every encoder layer: ``default`` everywhere, ``top`` in the last ``num_top_layers`` layers,
-    then per-layer ``overrides`` (negative indices count from the top). ``head_windows`` gives a layer (by index)
-    one window per head; that layer's spec must be ``local``."""
-
-    default: AttentionSpec = field(default_factory=AttentionSpec)
-    top: AttentionSpec | None = None
-    num_top_layers: int = 0
-    overrides: dict[int, AttentionSpec] = field(default_factory=dict)
-    head_windows: dict[int, list[Window]] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        for spec in [self.default, self.top, *self.overrides.values()]:
-            if spec is not None and spec.causal:
-                raise ValueError("the wav2vec2 encoder is bidirectional: attention specs must not be causal")
-
-    def expand(self, num_layers: int, num_heads: int) -> list[LayerAttention]:
-        """One :class:`LayerAttention` per layer, with every cross-field check done here (config load time)."""
-        specs = expand_attention_specs(num_layers, self.default, top=self.top, num_top_layers=self.num_top_layers,
-                                       overrides=self.overrides)
-        head_windows: dict[int, list[Window]] = {}
-        for index, windows in self.head_windows.items():
-            if not -num_layers <= index < num_layers:
-                raise ValueError(f"head_windows: layer {index} out of range for {num_layers} layers")
-            if len(windows) != num_heads:
-                raise ValueError(f"head_windows[{index}]: {len(windows)} windows for {num_heads} heads")
-            head_windows[index % num_layers] = [tuple(int(x) for x in w) for w in windows]
-            if any(len(w) != 2 or min(w) < -1 for w in head_windows[index % num_layers]):
-                raise ValueError(f"attention.head_windows[{index}]: windows must be (left, right) with sides >= -1 "
-                                 f"(-1: unbounded), got {windows}")
-        layers = []
-        for i, spec in enumerate(specs):
-            spec.head_split(num_heads)  # raises for a mixed spec whose heads do not add up
-            if i in head_windows and spec.kind != "local":
-                raise ValueError(f"head_windows[{i}]: layer {i} is {spec.kind!r}, per-head windows need 'local'")
-            layers.append(LayerAttention(spec, head_windows.get(i)))
-        return layers
-
-    def describe(self, num_layers: int, num_heads: int) -> str:
-        """Short human-readable summary, e.g. ``6 x local(32,32)``."""
-        parts: list[str] = []
-        for layer in self.expand(num_layers, num_heads):
-            text = layer.describe()
-            if parts and parts[-1].split(" x ", 1)[1] == text:
-                count = int(parts[-1].split(" x ", 1)[0]) + 1
-                parts[-1] = f"{count} x {text}"
-            else:
-                parts.append(f"1 x {text}")
-        return " + ".join(parts)
-
-
-@dataclass(frozen=True)
-class LayerAttention:
-    spec: AttentionSpec
-    head_windows: list[Window] | None = None
-
-    def describe(self) -> str:
-        spec = self.spec
-        if spec.kind == "full":
-            return "full"
-        if spec.kind == "local":
-            if self.head_windows:
-                return "local[" + ",".join(f"({a},{b})" for a, b in self.head_windows) + "]"
-            return f"local({spec.window[0]},{spec.window[1]})"
-        if spec.kind == "routing":
-            return f"routing(c={spec.num_clusters})"
-        return f"mixed({spec.local_heads}x({spec.window[0]},{spec.window[1]})+{spec.routing_heads}xrouting)"
 
 
 @dataclass(kw_only=True)
@@ -124,19 +54,31 @@ class FrontendConfig:
         return self.num_mel_bins * self.stack
 
 
-def _check_common(encoder: Wav2Vec2EncoderConfig, attention: EncoderAttentionConfig, frontend: FrontendConfig,
+def encoder_layers(encoder: Wav2Vec2EncoderConfig, attention: LayerAttentionConfig) -> list[LayerAttention]:
+    """The attention of every encoder layer; a ``ValueError`` naming the ``attention.`` field if it does not fit
+    the encoder (head counts, per-head windows, causality)."""
+    try:
+        layers = attention.expand(encoder.num_encoder_layers, encoder.num_encoder_attn_heads)
+    except ValueError as exc:
+        raise ValueError(f"attention.{exc}") from None
+    for layer in layers:
+        if layer.spec.causal:
+            raise ValueError(f"attention.{layer.source}: the wav2vec2 encoder is bidirectional: attention specs "
+                             "must not be causal")
+    if encoder.use_conformer or encoder.pos_encoder_type == "relative":
+        if any(layer.spec.kind != "full" for layer in layers):
+            raise ValueError("model.encoder_config: windowed/routing attention needs the transformer encoder with a "
+                             "conv or rotary position encoder (not conformer / relative)")
+    return layers
+
+
+def _check_common(encoder: Wav2Vec2EncoderConfig, attention: LayerAttentionConfig, frontend: FrontendConfig,
                   prefix: str) -> None:
-    attention.validate()
     frontend.validate()
     if encoder.model_dim % encoder.num_encoder_attn_heads:
         raise ValueError(f"{prefix}encoder_config.model_dim ({encoder.model_dim}) must be divisible by "
                          f"num_encoder_attn_heads ({encoder.num_encoder_attn_heads})")
-    if encoder.use_conformer or encoder.pos_encoder_type == "relative":
-        if any(la.spec.kind != "full" for la in attention.expand(encoder.num_encoder_layers,
-                                                                  encoder.num_encoder_attn_heads)):
-            raise ValueError(f"{prefix}encoder_config: windowed/routing attention needs the transformer encoder "
-                             "with a conv or rotary position encoder (not conformer / relative)")
-    attention.expand(encoder.num_encoder_layers, encoder.num_encoder_attn_heads)
+    encoder_layers(encoder, attention)
     if frontend.kind == "logmel":
         if encoder.use_fbank:
             raise ValueError(f"{prefix}encoder_config.use_fbank: use frontend.kind=logmel instead")
@@ -153,7 +95,7 @@ class SeqwinWav2Vec2Config:
     """wav2vec 2.0 SSL model (contrastive + diversity loss, masking, Gumbel quantizer)."""
 
     model: Wav2Vec2Config = field(default_factory=Wav2Vec2Config)
-    attention: EncoderAttentionConfig = field(default_factory=EncoderAttentionConfig)
+    attention: LayerAttentionConfig = field(default_factory=LayerAttentionConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
 
     def validate(self) -> None:
@@ -167,7 +109,7 @@ class SeqwinWav2Vec2AsrConfig:
     """wav2vec 2.0 encoder + linear CTC head over letters (blank = index 0)."""
 
     model: Wav2Vec2AsrConfig = field(default_factory=Wav2Vec2AsrConfig)
-    attention: EncoderAttentionConfig = field(default_factory=EncoderAttentionConfig)
+    attention: LayerAttentionConfig = field(default_factory=LayerAttentionConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
 
     def validate(self) -> None:
@@ -196,8 +138,8 @@ def _tiny_frontend() -> FrontendConfig:
     return FrontendConfig(kind="logmel", num_mel_bins=80, stack=4)
 
 
-def _tiny_attention() -> EncoderAttentionConfig:
-    return EncoderAttentionConfig(default=AttentionSpec(kind="local", window=(32, 32)))
+def _tiny_attention() -> LayerAttentionConfig:
+    return LayerAttentionConfig(default=AttentionSpec(kind="local", window=(32, 32)))
 
 
 def ssl_presets() -> dict[str, SeqwinWav2Vec2Config]:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from fairseq2.models.feature_extractor import SequenceFeatureExtractor
 from fairseq2.models.transformer import (
-    SDPA,
-    IdentityBias,
     MultiheadAttention,
     RelativePositionalEncoding,
     StandardMultiheadAttention,
-    TorchSDPA,
     TransformerEncoder,
     TransformerEncoderLayer,
 )
@@ -29,36 +26,25 @@ from fairseq2.nn import RotaryEncoder, init_bert_projection
 from fairseq2.runtime.lazy import Lazy
 from torch import nn
 
-from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
+from seqwin.attention import LayerAttentionConfig
+from seqwin.attention.fairseq2 import make_sdpa
 from seqwin.models.wav2vec2.config import (
-    EncoderAttentionConfig,
     FrontendConfig,
-    LayerAttention,
     SeqwinWav2Vec2AsrConfig,
     SeqwinWav2Vec2Config,
+    encoder_layers,
 )
 from seqwin.models.wav2vec2.frontend import LogMelFeatureExtractor
 from seqwin.models.wav2vec2.masker import SeqwinMasker
 from seqwin.models.wav2vec2.quantizer import EagerGumbelQuantizer
 
 
-def create_layer_sdpa(layer: LayerAttention, num_heads: int, head_dim: int, dropout_p: float) -> SDPA:
-    """The SDPA for one encoder layer: dense ``TorchSDPA``, ``SlidingWindowSDPA`` or ``RoutingSDPA``."""
-    spec = layer.spec
-    if spec.kind == "full":
-        return TorchSDPA(IdentityBias(), dropout_p=dropout_p)
-    if spec.kind == "local":
-        return SlidingWindowSDPA(layer.head_windows or spec.window, dropout_p=dropout_p)
-    # Routing heads have no attention dropout: RoutingSDPA's kernels do not implement it.
-    return RoutingSDPA(spec, num_heads, head_dim)
-
-
 class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
     """``Wav2Vec2EncoderFactory`` whose layer ``i`` attends as ``attention`` says for layer ``i``."""
 
-    def __init__(self, config, attention: EncoderAttentionConfig, frontend: FrontendConfig) -> None:
+    def __init__(self, config, attention: LayerAttentionConfig, frontend: FrontendConfig) -> None:
         super().__init__(config)
-        self._layers = attention.expand(config.num_encoder_layers, config.num_encoder_attn_heads)
+        self._layers = encoder_layers(config, attention)
         self._frontend = frontend
         self._next_layer = 0
 
@@ -84,7 +70,7 @@ class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
             return super().create_self_attention(lazy_rel_pos_encoding)
         head_dim = config.model_dim // config.num_encoder_attn_heads
         pos_encoder = RotaryEncoder(head_dim, config.max_seq_len) if config.pos_encoder_type == "rotary" else None
-        sdpa = create_layer_sdpa(layer, config.num_encoder_attn_heads, head_dim, config.attn_dropout_p)
+        sdpa = make_sdpa(layer, config.num_encoder_attn_heads, head_dim, dropout_p=config.attn_dropout_p)
         return StandardMultiheadAttention(
             config.model_dim, config.num_encoder_attn_heads, sdpa, qkv_proj_init_fn=init_bert_projection,
             pos_encoder=pos_encoder, output_proj_init_fn=init_bert_projection,
@@ -143,25 +129,22 @@ def create_seqwin_wav2vec2_asr_model(config: SeqwinWav2Vec2AsrConfig) -> Wav2Vec
 
 
 def set_encoder_attention(model: nn.Module, config: SeqwinWav2Vec2Config | SeqwinWav2Vec2AsrConfig,
-                          attention: EncoderAttentionConfig) -> int:
+                          attention: LayerAttentionConfig) -> int:
     """Swap the SDPAs of an existing model's encoder layers to match ``attention`` (weights are untouched: the
     projections are the same for every kind). Updates ``config.attention``; returns how many layers changed."""
     enc = config.model.encoder_config
-    layers = attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
-    if enc.use_conformer or enc.pos_encoder_type == "relative":
-        if any(la.spec.kind != "full" for la in layers):
-            raise ValueError("windowed attention needs a transformer encoder with conv/rotary positions")
+    layers = encoder_layers(enc, attention)
     head_dim = enc.model_dim // enc.num_encoder_attn_heads
     changed = 0
-    encoder_layers = list(model.encoder.layers)
-    if len(encoder_layers) != len(layers):
-        raise ValueError(f"model has {len(encoder_layers)} encoder layers, the attention config {len(layers)}")
-    old = config.attention.expand(enc.num_encoder_layers, enc.num_encoder_attn_heads)
-    for module, new_layer, old_layer in zip(encoder_layers, layers, old, strict=True):
+    modules = list(model.encoder.layers)
+    if len(modules) != len(layers):
+        raise ValueError(f"model has {len(modules)} encoder layers, the attention config {len(layers)}")
+    old = encoder_layers(enc, config.attention)
+    for module, new_layer, old_layer in zip(modules, layers, old, strict=True):
         if new_layer == old_layer:
             continue
-        module.self_attn.sdpa = create_layer_sdpa(new_layer, enc.num_encoder_attn_heads, head_dim,
-                                                  enc.attn_dropout_p)
+        module.self_attn.sdpa = make_sdpa(new_layer, enc.num_encoder_attn_heads, head_dim,
+                                          dropout_p=enc.attn_dropout_p)
         changed += 1
     config.attention = attention
     return changed

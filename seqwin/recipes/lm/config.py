@@ -8,7 +8,6 @@ from typing import Literal
 
 from seqwin.models.lm.config import LMConfig
 from seqwin.training import TrainerConfig
-from seqwin.training.checks import check_clusters_fit
 
 
 @dataclass(kw_only=True)
@@ -62,5 +61,5 @@ class LMRecipeConfig:
                              f"({self.data.seq_len})")
         if (self.data.format == "codes") != (self.tokenizer.kind == "codes"):
             raise ValueError("data.format codes goes with tokenizer.kind codes (and text with the others)")
-        check_clusters_fit(self.model.attention, "model.attention", self.data.seq_len,
-                           "a training sequence (data.seq_len)")
+        self.model.attention.check_clusters_fit(self.data.seq_len, "a training sequence (data.seq_len)",
+                                                key="model.attention")

@@ -17,7 +17,6 @@ from fairseq2.data.data_pipeline import read_sequence
 from seqwin.data.errors import DataError
 from seqwin.data.pipeline import AudioBatch, AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
-from seqwin.training.checks import check_clusters_fit
 from seqwin.training.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger("seqwin.wav2vec2")
@@ -44,9 +43,12 @@ def _merge(base: Any, override: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a value, got a mapping")
         out = dict(base)
         for k, v in override.items():
-            if k not in base:  # name the bad key now; from_dict would list the valid ones one level down
+            if k not in base and isinstance(k, int):  # a new entry of a per-layer map (attention.overrides, ...)
+                out[k] = copy.deepcopy(v)
+            elif k not in base:  # name the bad key now; from_dict would list the valid ones one level down
                 raise ConfigError(f"unknown config key {key}.{k} (valid keys here: {', '.join(sorted(base))})")
-            out[k] = _merge(base[k], v, f"{key}.{k}") if base[k] is not None else v
+            else:
+                out[k] = _merge(base[k], v, f"{key}.{k}") if base[k] is not None else v
         return out
     return copy.deepcopy(override)
 
@@ -138,8 +140,12 @@ def samples_per_frame(model_cfg: Any) -> int:
 def check_routing_fits(model_cfg: Any, data: DataConfig) -> None:
     """Routing heads need fewer clusters than the frames of the longest utterance the recipe may train on."""
     frames = data.max_audio_len // samples_per_frame(model_cfg)
-    check_clusters_fit(model_cfg.attention, "model.config.attention", frames,
-                       f"the longest training utterance (data.max_audio_len {data.max_audio_len} samples)")
+    try:
+        model_cfg.attention.check_clusters_fit(
+            frames, f"the longest training utterance (data.max_audio_len {data.max_audio_len} samples)",
+            key="model.config.attention")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_data_parallel(model_cfg: Any, data_parallel: str) -> None:

@@ -26,7 +26,6 @@ from seqwin.data.manifest import read_manifest
 from seqwin.data.pipeline import AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
 from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel, load_model
-from seqwin.models.wav2vec2.config import EncoderAttentionConfig
 from seqwin.models.wav2vec2.factory import set_encoder_attention
 from seqwin.recipes.wav2vec2.common import batch_stream
 from seqwin.recipes.wav2vec2.decode import error_rates, greedy_ctc, ids_to_words, letters_to_words
@@ -84,10 +83,10 @@ def open_split(split: EvalSplit, max_num_frames: int) -> tuple[AudioManifestData
 def apply_window(loaded: LoadedModel, window: str | None) -> None:
     if window is None:
         return
-    from seqwin.attention import AttentionSpec
+    from seqwin.attention import AttentionSpec, LayerAttentionConfig
 
     spec = AttentionSpec(kind="full") if window == "full" else AttentionSpec(kind="local", window=parse_window(window))
-    set_encoder_attention(loaded.model, loaded.config, EncoderAttentionConfig(default=spec))
+    set_encoder_attention(loaded.model, loaded.config, LayerAttentionConfig(default=spec))
 
 
 def parse_window(text: str) -> tuple[int, int]:
