@@ -47,14 +47,14 @@ def _prepare(args: argparse.Namespace, *, decoder: bool = True, bf16: bool = Fal
     import torch
 
     from seqwin.cpu_memory import keep_freed_memory
-    from seqwin.recipes.codec.checkpoint import load_codec
+    from seqwin.models.codec import checkpoint
 
     keep_freed_memory()  # large activations: reuse freed heap instead of fresh page-faulted mmaps per layer
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out}: exists and is not a directory")
-    return load_codec(args.checkpoint, decoder=decoder).fold_for_inference(bf16=bf16)
+    return checkpoint.load(args.checkpoint, decoder=decoder).model.fold_for_inference(bf16=bf16)
 
 
 def _tokenize(args: argparse.Namespace) -> int:

@@ -23,9 +23,9 @@ import torch
 
 from seqwin.data.manifest import read_labels, read_manifest
 from seqwin.errors import UserError
+from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec import codebook_stats
 from seqwin.models.codec.losses import MultiScaleMelLoss
-from seqwin.recipes.codec.checkpoint import load_codec
 from seqwin.recipes.codec.metrics import (
     PocketSphinx,
     mean_or_none,
@@ -56,7 +56,7 @@ def _references(data: list[Path]) -> dict[str, str]:
 def evaluate_codec(checkpoint: Path, data: list[Path], out_dir: Path, *, num_quantizers: int | None = None,
                    max_utterances: int | None = None, asr: bool = True, asr_utterances: int | None = None,
                    report_utterances: int = 8) -> list[str]:
-    model = load_codec(checkpoint)
+    model = codec_checkpoint.load(checkpoint).model
     cfg = model.cfg
     n = cfg.quantizer.num_quantizers if num_quantizers is None else num_quantizers  # 0 is an error, not 'all'
     if not 1 <= n <= cfg.quantizer.num_quantizers:
