@@ -78,7 +78,8 @@ def _tokenize(args: argparse.Namespace) -> int:
 def _detokenize(args: argparse.Namespace) -> int:
     import time
 
-    from seqwin.recipes.codec.tokenize import detokenize, read_codes_index
+    from seqwin.data.codes_index import read_codes_index
+    from seqwin.recipes.codec.tokenize import detokenize
 
     index, items = read_codes_index(args.codes)
     model = _prepare(args)
