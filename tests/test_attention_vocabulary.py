@@ -16,7 +16,7 @@ from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
 from seqwin.cli.main import main as seqwin
 from seqwin.models.lm import Decoder, create_lm_model, decoding_session
-from seqwin.models.wav2vec2.checkpoint import load_model
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2AsrConfig, SeqwinWav2Vec2Config, asr_presets, ssl_presets
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.lm.config import LMRecipeConfig
@@ -153,7 +153,7 @@ def test_bad_per_head_windows_are_one_line_cli_errors(tmp_path, capsys):
 def test_old_wav2vec2_model_file_loads_and_computes_the_same():
     """A CTC model file saved by the earlier ``EncoderAttentionConfig`` (full, per-head local, local and mixed
     local + routing layers), with its input and eval-mode output at save time."""
-    loaded = load_model(DATA / "wav2vec2_asr_old_attention.pt")
+    loaded = wav2vec2_checkpoint.load(DATA / "wav2vec2_asr_old_attention.pt")
     attention = loaded.config.attention
     assert isinstance(attention, LayerAttentionConfig)
     assert attention.head_windows == {1: [(1, 1), (2, 2), (4, 0), (0, 4)]}
@@ -174,8 +174,9 @@ def test_windowize_keeps_the_other_layers_per_head_windows(tmp_path, capsys):
     assert seqwin(["windowize", "--window", "2,2", "--layers", "2", str(DATA / "wav2vec2_asr_old_attention.pt"),
                    str(out)]) == 0
     assert "1 layer(s) changed" in capsys.readouterr().out
-    assert load_model(out).config.attention.describe(4, 4) == ("1 x full + 1 x local[(1,1),(2,2),(4,0),(0,4)] + "
-                                                               "1 x local(2,2) + 1 x mixed(2x(3,3)+2xrouting)")
+    described = wav2vec2_checkpoint.load(out).config.attention.describe(4, 4)
+    assert described == ("1 x full + 1 x local[(1,1),(2,2),(4,0),(0,4)] + 1 x local(2,2) + "
+                         "1 x mixed(2x(3,3)+2xrouting)")
 
 
 RECIPE_ATTENTION = {

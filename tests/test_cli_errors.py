@@ -18,13 +18,13 @@ from test_training import full_disk_for
 from test_wav2vec2_models import small
 
 from seqwin.cli.main import main, os_error_message
+from seqwin.io import checkpoint_files
+from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec import create_codec
-from seqwin.models.wav2vec2.checkpoint import save_model
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import asr_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
-from seqwin.recipes.codec.checkpoint import export_codec
 from seqwin.recipes.wav2vec2.finetune import AsrRecipeConfig
-from seqwin.training import checkpoint as checkpoint_module
 from seqwin.training import to_yaml
 from seqwin.training.checkpoint import safe_load
 
@@ -47,10 +47,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     """A codec, a wav2vec2 CTC model, a text corpus with an LM recipe, audio, a manifest and a plain file."""
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    export_codec(create_codec(tiny_codec_config()).eval(), root / "codec.pt")
+    codec_checkpoint.save(root / "codec.pt", create_codec(tiny_codec_config()).eval())
     cfg = small(asr_presets()["tiny"])
-    save_model(root / "asr.pt", cfg, create_seqwin_wav2vec2_asr_model(cfg),
-               ["<s>", "<pad>", "</s>", "<unk>", "|", *"ABCDEFG"])
+    wav2vec2_checkpoint.save(root / "asr.pt", create_seqwin_wav2vec2_asr_model(cfg), cfg,
+                             dictionary=["<s>", "<pad>", "</s>", "<unk>", "|", *"ABCDEFG"])
     sf.write(root / "speech.flac", speechlike(0.5), 16000)
     sf.write(root / "narrow.wav", speechlike(0.5, sample_rate=8000), 8000, subtype="PCM_16")
     (root / "test.tsv").write_text(f"{root}\nspeech.flac\t8000\n")
@@ -158,7 +158,7 @@ def test_disk_full_while_checkpointing(files, lm_run, tmp_path, capsys, monkeypa
     partial file removed, the older checkpoints intact."""
     run = tmp_path / "run"
     shutil.copytree(lm_run, run)
-    monkeypatch.setattr(checkpoint_module, "open", full_disk_for(6), raising=False)
+    monkeypatch.setattr(checkpoint_files, "open", full_disk_for(6), raising=False)
     line = _error(capsys, ["train", "lm", "--config", files["lm_config"], run, "--set", "trainer.max_steps=6"])
     assert line == f"seqwin train: error: {run / 'checkpoints' / 'step_6.pt'}: No space left on device"
     checkpoints = run / "checkpoints"
@@ -186,7 +186,7 @@ def test_os_error_of_a_bug_keeps_its_traceback(files, monkeypatch):
     def broken(*args, **kwargs):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/usr/share/seqwin/missing.bin")
 
-    monkeypatch.setattr("seqwin.recipes.codec.checkpoint.load_codec", broken)
+    monkeypatch.setattr("seqwin.models.codec.checkpoint.load", broken)
     with pytest.raises(FileNotFoundError):
         main(["tokenize", str(files["flac"]), "-o", str(files["root"] / "codes"), "--checkpoint",
               str(files["codec"])])

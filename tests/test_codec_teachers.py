@@ -119,7 +119,7 @@ def test_wav2vec2_recipe_models_serve_as_teachers(tmp_path):
     cfg.model.target_vocab_size = len(symbols)
     torch.manual_seed(0)
     model = checkpoint.create_model(cfg)
-    checkpoint.save_model(tmp_path / "model.pt", cfg, model, symbols)
+    checkpoint.save(tmp_path / "model.pt", model, cfg, dictionary=symbols)
     manifests = write_corpus(tmp_path / "corpus", count=2)
     recipe = CodecRecipeConfig(teachers=TeacherConfig(semantic_checkpoint=tmp_path / "model.pt",
                                                       transcripts="asr", asr_checkpoint=tmp_path / "model.pt"))

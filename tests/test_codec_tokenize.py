@@ -14,9 +14,8 @@ from test_codec_util import speechlike, tiny_codec_config, write_corpus, zero_co
 
 from seqwin.cli import codec as codec_cli
 from seqwin.errors import UserError
+from seqwin.models.codec import checkpoint as checkpoint_module
 from seqwin.models.codec import create_codec
-from seqwin.recipes.codec import checkpoint as checkpoint_module
-from seqwin.recipes.codec.checkpoint import export_codec, load_codec
 
 
 def _run(*argv: str) -> int:
@@ -30,7 +29,7 @@ def _run(*argv: str) -> int:
 def codec_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("codec") / "codec.pt"
-    export_codec(zero_conv_biases(create_codec(tiny_codec_config()).eval()), path)  # bf16 tests: see there
+    checkpoint_module.save(path, zero_conv_biases(create_codec(tiny_codec_config()).eval()))  # bf16 tests: see there
     return path
 
 
@@ -59,7 +58,7 @@ def test_tokenize_formats_and_bad_input(tmp_path, codec_file, capsys):
     assert (out / "index.tsv").read_text().splitlines()[0] == "id\tcodes\tnum_frames\tnum_samples\tsource"
     # batched codes equal one-file codes
     wave, _ = sf.read(inputs / "speech.wav", dtype="float32")
-    alone = load_codec(codec_file).encode(torch.from_numpy(wave)[None])[0][0]
+    alone = checkpoint_module.load(codec_file).model.encode(torch.from_numpy(wave)[None])[0][0]
     assert np.array_equal(codes, alone.numpy())
     with pytest.raises(UserError, match="wrong sample rate"):
         _run("tokenize", str(inputs / "narrow.wav"), "-o", str(tmp_path / "x"), "--checkpoint", str(codec_file),
@@ -126,16 +125,16 @@ def test_manifest_input_and_eval_report(tmp_path, codec_file):
 
 def test_bad_checkpoints(tmp_path):
     with pytest.raises(UserError, match="no such checkpoint"):
-        load_codec(tmp_path / "missing.pt")
+        checkpoint_module.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(UserError, match="not a readable checkpoint"):
-        load_codec(tmp_path / "junk.pt")
+        checkpoint_module.load(tmp_path / "junk.pt")
 
 
 
 def test_tokenize_builds_the_encoder_side_only(tmp_path, codec_file, monkeypatch):
-    full = load_codec(codec_file)
-    encoder_only = load_codec(codec_file, decoder=False)
+    full = checkpoint_module.load(codec_file).model
+    encoder_only = checkpoint_module.load(codec_file, decoder=False).model
     names = {name for name, _ in encoder_only.named_parameters()}
     assert names and not any(name.startswith("decoder") for name in names)
     assert sum(p.numel() for p in encoder_only.parameters()) < sum(p.numel() for p in full.parameters())
@@ -143,14 +142,15 @@ def test_tokenize_builds_the_encoder_side_only(tmp_path, codec_file, monkeypatch
     assert torch.equal(encoder_only.encode(wave)[0], full.encode(wave)[0])
     with pytest.raises(RuntimeError, match="without its decoder"):
         encoder_only.decode(full.encode(wave)[0])
-    # what the commands ask for (the CLI imports load_codec from the checkpoint module when it runs)
+    # what the commands ask for (the CLI looks up load in the checkpoint module when it runs)
     built: list[bool] = []
+    load = checkpoint_module.load
 
     def spy(path, *, decoder=True):
         built.append(decoder)
-        return load_codec(path, decoder=decoder)
+        return load(path, decoder=decoder)
 
-    monkeypatch.setattr(checkpoint_module, "load_codec", spy)
+    monkeypatch.setattr(checkpoint_module, "load", spy)
     sf.write(str(tmp_path / "one.flac"), speechlike(0.5), 16000, subtype="PCM_16")
     _run("tokenize", str(tmp_path / "one.flac"), "-o", str(tmp_path / "tok"), "--checkpoint", str(codec_file))
     _run("detokenize", str(tmp_path / "tok"), "-o", str(tmp_path / "wav"), "--checkpoint", str(codec_file))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_codec_util import tiny_codec_config, write_corpus
 
+from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec import create_codec
 from seqwin.models.codec.discriminators import DiscriminatorConfig
-from seqwin.recipes.codec.checkpoint import load_codec
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.train import GanStep, latent_offset, train_codec
 from seqwin.training import TrainerConfig, load_config
@@ -70,9 +70,9 @@ def test_gan_training_resumes_exactly(tmp_path, monkeypatch):
     assert all(f"usage_q{i}" in train_rows[-1] for i in range(1, 5))
     valid = [r for r in rows if r["split"] == "valid"][-1]
     assert {"mel_distance", "si_snr", "usage_q1", "perplexity_q4"} <= set(valid)
-    model = load_codec(tmp_path / "full")  # the exported codec.pt
+    model = codec_checkpoint.load(tmp_path / "full").model  # the exported codec.pt
     assert model.cfg == _recipe(manifests, 4).model and not model.training
-    from_step = load_codec(tmp_path / "full" / "checkpoints" / "step_4.pt")
+    from_step = codec_checkpoint.load(tmp_path / "full" / "checkpoints" / "step_4.pt").model
     for name, value in model.state_dict().items():
         torch.testing.assert_close(from_step.state_dict()[name], value)
 

@@ -162,13 +162,13 @@ def runs(tmp_path_factory) -> Path:
 def _exported(recipe: str, out: Path) -> dict | None:
     """The model a recipe exports at the end (None: the LM recipe exports nothing beyond its checkpoints)."""
     if recipe in ("ssl", "asr"):
-        from seqwin.models.wav2vec2.checkpoint import load_model
+        from seqwin.models.wav2vec2 import checkpoint
 
-        return load_model(out / "model.pt").model.state_dict()
+        return checkpoint.load(out / "model.pt").model.state_dict()
     if recipe == "codec":
-        from seqwin.recipes.codec.checkpoint import load_codec
+        from seqwin.models.codec import checkpoint
 
-        return load_codec(out).state_dict()
+        return checkpoint.load(out).model.state_dict()
     return None
 
 

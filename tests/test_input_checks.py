@@ -34,12 +34,11 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 @pytest.fixture(scope="module")
 def codec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from seqwin.models.codec import create_codec
-    from seqwin.recipes.codec.checkpoint import export_codec
+    from seqwin.models.codec import checkpoint, create_codec
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("codec") / "codec.pt"
-    export_codec(create_codec(tiny_codec_config()).eval(), path)  # 4 RVQ levels
+    checkpoint.save(path, create_codec(tiny_codec_config()).eval())  # 4 RVQ levels
     return path
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from seqwin.errors import UserError
+from seqwin.io import checkpoint_files
 from seqwin.training import CheckpointManager, ConfigError, MetricWriter, Trainer, TrainerConfig, load_config
-from seqwin.training import checkpoint as checkpoint_module
 from seqwin.training.checkpoint import safe_load
 from seqwin.training.run_dir import LOCK_NAME, RunDirInUse, hold_run_dir
 from seqwin.training.trainer import TrainingError
@@ -214,7 +214,7 @@ class _FullDisk(io.FileIO):
 
 
 def full_disk_for(step: int):
-    """An ``open`` for :mod:`seqwin.training.checkpoint` under which writing ``step_<step>.pt`` fills the disk."""
+    """An ``open`` for :mod:`seqwin.io.checkpoint_files` under which writing ``step_<step>.pt`` fills the disk."""
     def fake_open(path, mode="r", *args, **kwargs):
         if Path(path).name.startswith(f".step_{step}.pt.tmp."):
             return _FullDisk(path, mode)
@@ -225,7 +225,7 @@ def full_disk_for(step: int):
 
 def test_disk_full_during_a_checkpoint(tmp_path, monkeypatch):
     """One OSError naming the checkpoint; its partial temporary file removed, the older checkpoint intact."""
-    monkeypatch.setattr(checkpoint_module, "open", full_disk_for(8), raising=False)
+    monkeypatch.setattr(checkpoint_files, "open", full_disk_for(8), raising=False)
     with pytest.raises(OSError) as info:
         _trainer(tmp_path, 8).fit()
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "checkpoints" / "step_8.pt")

@@ -15,11 +15,11 @@ import torch
 from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.nn import BatchLayout
 
-from seqwin.attention import AttentionSpec
+from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.cli import main as cli
 from seqwin.cli import transcribe as transcribe_cli
-from seqwin.models.wav2vec2.checkpoint import save_model
-from seqwin.models.wav2vec2.config import EncoderAttentionConfig, asr_presets, ssl_presets
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
+from seqwin.models.wav2vec2.config import asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model, create_seqwin_wav2vec2_model
 from seqwin.recipes.wav2vec2.chunked import ChunkEncoder, StreamEncoder, encode_file, receptive_field
 from seqwin.recipes.wav2vec2.decode import greedy_ctc, ids_to_words
@@ -42,8 +42,8 @@ def micro(frontend: str = "logmel", window=(4, 4), **encoder) -> object:
     for key, value in encoder.items():
         setattr(enc, key, value)
     cfg.model.target_vocab_size = len(SYMBOLS)
-    cfg.attention = EncoderAttentionConfig(default=AttentionSpec(kind="local", window=window)) \
-        if window != "full" else EncoderAttentionConfig()
+    cfg.attention = LayerAttentionConfig(default=AttentionSpec(kind="local", window=window)) \
+        if window != "full" else LayerAttentionConfig()
     return cfg
 
 
@@ -100,7 +100,7 @@ def test_receptive_field_of_presets_matches_the_help_text():
     assert (base.stride, base.width) == (320, 400)
     for name, layers in [("base_10h", 12), ("large_10h", 24)]:
         cfg = presets[name]
-        cfg.attention = EncoderAttentionConfig(default=AttentionSpec(kind="local", window=(16, 16)))
+        cfg.attention = LayerAttentionConfig(default=AttentionSpec(kind="local", window=(16, 16)))
         rf = receptive_field(cfg)
         assert (rf.left, rf.right) == (64 + 16 * layers, 63 + 16 * layers)
         assert f"(R=16: {rf.latency_seconds():.3f} s)" in transcribe_cli.__doc__
@@ -108,7 +108,7 @@ def test_receptive_field_of_presets_matches_the_help_text():
     # per-head windows: the widest side of any head counts; a stacked position encoder adds its layers' kernels
     # (kernel max(3, 9 // 2) = 4 padded "same": 1 left, 2 right, twice)
     cfg = micro("conv", pos_encoder_depth=2, pos_conv_kernel_size=9)
-    cfg.attention = EncoderAttentionConfig(default=AttentionSpec(kind="local", window=(1, 1)),
+    cfg.attention = LayerAttentionConfig(default=AttentionSpec(kind="local", window=(1, 1)),
                                            head_windows={0: [(2, 1), (0, 3), (1, 1), (5, 0)]})
     rf = receptive_field(cfg)
     assert (rf.left, rf.right) == (2 * 1 + 5 + 1, 2 * 2 + 3 + 1)
@@ -191,7 +191,7 @@ def test_dense_models_chunk_approximately():
 
 def test_dense_checkpoint_is_transcribed_approximately_and_says_so(setup, tmp_path, capsys, caplog):
     cfg = micro(window="full")
-    save_model(tmp_path / "dense.pt", cfg, build(cfg, confident=True), SYMBOLS)
+    wav2vec2_checkpoint.save(tmp_path / "dense.pt", build(cfg, confident=True), cfg, dictionary=SYMBOLS)
     assert run([setup["audio"] / "a.flac", "--checkpoint", tmp_path / "dense.pt", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["exact"] is False
     assert "chunks approximate the whole-file logits: layer 0: full; layer 1: full" in caplog.text
@@ -254,7 +254,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("transcribe")
     cfg = micro()
     model = build(cfg, seed=3, confident=True)
-    save_model(root / "model.pt", cfg, model, SYMBOLS)
+    wav2vec2_checkpoint.save(root / "model.pt", model, cfg, dictionary=SYMBOLS)
     audio = root / "audio"
     (audio / "sub").mkdir(parents=True)
     waves = {"a": wave(1.3, 1, 77), "sub/b": wave(2.1, 2, 5), "c": wave(0.7, 3)}
@@ -393,7 +393,7 @@ def test_bad_inputs_are_one_line_errors(setup, capsys, argv, needle):
         enc.model_dim, enc.num_encoder_layers, enc.ffn_inner_dim, enc.num_pos_conv_groups = 32, 1, 64, 4
         ssl.model.final_dim = ssl.model.quantized_dim = 16
         ssl.model.num_codebook_entries, ssl.model.num_distractors = 8, 4
-        save_model(root / "ssl.pt", ssl, create_seqwin_wav2vec2_model(ssl))
+        wav2vec2_checkpoint.save(root / "ssl.pt", create_seqwin_wav2vec2_model(ssl), ssl)
     args = [a.format(root=root, audio=s["audio"], ckpt=s["ckpt"]) for a in argv]
     assert run(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

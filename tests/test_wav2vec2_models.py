@@ -17,7 +17,7 @@ from fairseq2.nn import BatchLayout
 
 from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
-from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load_model, save_model
+from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load, save
 from seqwin.models.wav2vec2.config import asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import (
     create_seqwin_wav2vec2_asr_model,
@@ -241,7 +241,7 @@ def test_import_fairseq1_checkpoint(tmp_path, asr, pre_norm):
     cfg_obj = {"model": FakeDictConfig({"w2v_args": argparse.Namespace(**settings)} if asr else settings)}
     path = tmp_path / "fairseq1.pt"
     torch.save({"cfg": cfg_obj, "model": to_fairseq1(model.state_dict(), asr), "extra_state": {}}, path)
-    loaded = load_model(path)
+    loaded = load(path)
     assert loaded.source == "fairseq1" and loaded.family.endswith("_asr") == asr
     enc = loaded.config.model.encoder_config
     assert enc.feature_extractor_layer_descs == [(16, 10, 5), (16, 3, 2), (16, 2, 2)]
@@ -261,25 +261,25 @@ def test_import_fairseq2_checkpoint_and_seqwin_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = create_seqwin_wav2vec2_asr_model(small(asr_presets()["tiny"])).eval()
     torch.save({"model": model.state_dict()}, tmp_path / "fs2.pt")
-    loaded = load_model(tmp_path / "fs2.pt", heads=4)
+    loaded = load(tmp_path / "fs2.pt", heads=4)
     assert loaded.source == "fairseq2"
     wav, layout = _audio()
     torch.testing.assert_close(_logits(loaded.model, wav, layout)[0], _logits(model, wav, layout)[0])
-    save_model(tmp_path / "model.pt", loaded.config, loaded.model, ["<s>", "<pad>", "</s>", "<unk>"] + list("AB"))
-    again = load_model(tmp_path / "model.pt")
+    save(tmp_path / "model.pt", loaded.model, loaded.config, dictionary=["<s>", "<pad>", "</s>", "<unk>"] + list("AB"))
+    again = load(tmp_path / "model.pt")
     assert again.source == "seqwin" and again.dictionary[-1] == "B"
     torch.testing.assert_close(_logits(again.model, wav, layout)[0], _logits(model, wav, layout)[0])
 
 
 def test_load_errors_are_one_line(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match="cannot read checkpoint"):
-        load_model(tmp_path / "junk.pt")
+    with pytest.raises(ModelLoadError, match="not a readable checkpoint"):
+        load(tmp_path / "junk.pt")
     torch.save({"model": {"foo.weight": torch.zeros(2)}}, tmp_path / "other.pt")
     with pytest.raises(ModelLoadError, match="cannot infer a wav2vec2 architecture"):
-        load_model(tmp_path / "other.pt")
+        load(tmp_path / "other.pt")
     with pytest.raises(ModelLoadError, match="no such checkpoint"):
-        load_model(tmp_path / "missing.pt")
+        load(tmp_path / "missing.pt")
 
 
 def test_fairseq2_extension_registers_families():

@@ -96,7 +96,7 @@ def _corpus(root: Path, count: int, seconds: float, sample_rate: int) -> tuple[l
     """``count`` 16-bit FLAC files of 0.6 ... 1.4 x ``seconds`` (uniform; noise: speed does not depend on it)."""
     import soundfile as sf
 
-    from seqwin.recipes.codec.tokenize import collect_inputs
+    from seqwin.data.inputs import collect_inputs
 
     gen = torch.Generator().manual_seed(0)
     (root / "wav").mkdir()

@@ -67,13 +67,13 @@ def write_audio(path: Path, minutes: float, corpus: Path | None) -> None:
 def make_model(path: Path) -> None:
     import torch
 
-    from seqwin.models.wav2vec2.checkpoint import save_model
+    from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
     from seqwin.models.wav2vec2.config import asr_presets
     from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
 
     torch.manual_seed(0)
     cfg = asr_presets()["tiny"]
-    save_model(path, cfg, create_seqwin_wav2vec2_asr_model(cfg), LETTERS)
+    wav2vec2_checkpoint.save(path, create_seqwin_wav2vec2_asr_model(cfg), cfg, dictionary=LETTERS)
 
 
 def worker(spec: dict) -> dict:

@@ -47,18 +47,19 @@ def _prepare(args: argparse.Namespace, *, decoder: bool = True, bf16: bool = Fal
     import torch
 
     from seqwin.cpu_memory import keep_freed_memory
-    from seqwin.recipes.codec.checkpoint import load_codec
+    from seqwin.models.codec import checkpoint
 
     keep_freed_memory()  # large activations: reuse freed heap instead of fresh page-faulted mmaps per layer
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out}: exists and is not a directory")
-    return load_codec(args.checkpoint, decoder=decoder).fold_for_inference(bf16=bf16)
+    return checkpoint.load(args.checkpoint, decoder=decoder).model.fold_for_inference(bf16=bf16)
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from seqwin.recipes.codec.tokenize import collect_inputs, tokenize
+    from seqwin.data.inputs import collect_inputs
+    from seqwin.recipes.codec.tokenize import tokenize
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -78,7 +79,8 @@ def _tokenize(args: argparse.Namespace) -> int:
 def _detokenize(args: argparse.Namespace) -> int:
     import time
 
-    from seqwin.recipes.codec.tokenize import detokenize, read_codes_index
+    from seqwin.data.codes_index import read_codes_index
+    from seqwin.recipes.codec.tokenize import detokenize
 
     index, items = read_codes_index(args.codes)
     model = _prepare(args)

@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="WindowKV layer group size: consecutive full-attention layers sharing one selection")
     p.add_argument("--output", type=Path,
                    help="write the text here (code LMs: prompt + continuation codes as .npy, for seqwin detokenize)")
-    p.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the newest in OUT)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="a checkpoint or LM file (default: OUT/model.pt, else the newest checkpoint in OUT)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's choice; 1 is often fastest for small models' single steps)")

@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from seqwin.data.errors import DataError
     from seqwin.data.manifest import CharDictionary
     from seqwin.errors import UserError
-    from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, load_model, save_model
+    from seqwin.models.wav2vec2 import checkpoint
+    from seqwin.models.wav2vec2.config import ASR_FAMILY
     from seqwin.models.wav2vec2.factory import set_encoder_attention
     from seqwin.recipes.wav2vec2.evaluate import parse_window
 
-    loaded = load_model(Path(args.checkpoint), heads=args.heads)
+    loaded = checkpoint.load(Path(args.checkpoint), heads=args.heads)
     enc = loaded.config.model.encoder_config
     spec = AttentionSpec(kind="full") if args.window == "full" else AttentionSpec(kind="local",
                                                                                   window=parse_window(args.window))
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--dict has {len(dictionary)} symbols, the CTC head "
                             f"{loaded.config.model.target_vocab_size}")
     out = Path(args.out)
-    save_model(out, loaded.config, loaded.model, dictionary)
+    checkpoint.save(out, loaded.model, loaded.config, dictionary=dictionary)
     print(f"{args.checkpoint} ({loaded.source} {loaded.family}) -> {out}: {changed} layer(s) changed, attention "
           f"{loaded.config.attention.describe(enc.num_encoder_layers, enc.num_encoder_attn_heads)}")
     return 0

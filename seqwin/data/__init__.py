@@ -8,5 +8,6 @@ Modules (imported on demand so that ``seqwin prepare`` starts without loading to
 - :mod:`seqwin.data.mini` -- ``seqwin prepare mini`` (Asterisk prompts; :mod:`~seqwin.data.prompts`,
   :mod:`~seqwin.data.debs`)
 - :mod:`seqwin.data.textcorpus` -- ``seqwin prepare text``
+- :mod:`seqwin.data.codes_index` -- the index of codec code files (``seqwin tokenize`` output)
 - :mod:`seqwin.data.audio`, :mod:`seqwin.data.textnorm`, :mod:`seqwin.data.errors` -- shared helpers
 """

@@ -1,82 +1,32 @@
-"""Checkpoints written atomically (temporary file, fsync, rename) and loaded with ``weights_only=True``.
+"""A training run's checkpoints: ``step_<N>.pt`` files, the last few kept, written and read through
+:mod:`seqwin.io.checkpoint_files` (atomic writes, ``weights_only=True`` reads).
 
-A checkpoint is one ``step_<N>.pt`` file holding plain tensors and containers: model/optimizer/scheduler state,
-the step, RNG states, the data position. If the newest file is corrupt or partial (a kill during a copy, a full
-disk), loading warns and falls back to the previous one.
-
-A write goes to ``.step_<N>.pt.tmp.<pid>`` first. A failed write (full disk, interrupt) removes it; one killed
-outright (SIGKILL, power loss) leaves it behind, and the next run's :meth:`CheckpointManager.remove_stale_temp_files`
-removes it once its process is gone.
+A checkpoint holds plain tensors and containers: model/optimizer/scheduler state, the step, RNG states, the data
+position. If the newest file is corrupt or partial, loading warns and falls back to the previous one. A write
+killed outright (SIGKILL, power loss) leaves its temporary file behind; the next run's
+:meth:`CheckpointManager.remove_stale_temp_files` removes it once its process is gone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from seqwin.errors import UserError
+from seqwin.io.checkpoint_files import (
+    atomic_save,
+    checkpoint_path,
+    checkpoint_steps,
+    newest_checkpoint,
+    safe_load,
+    temp_file_owner,
+)
+
+__all__ = ["CheckpointManager", "atomic_save", "safe_load"]
 
 log = logging.getLogger(__name__)
-_NAME = re.compile(r"^step_(\d+)\.pt$")
-_TEMP = re.compile(r"^\..+\.tmp\.(\d+)$")
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` so that readers see the old file or the whole new one, never a part. On failure
-    the partial temporary file is removed; an OS error (a full disk, typically) is re-raised naming ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        cause = _os_error(exc)
-        if cause is None or not isinstance(exc, Exception):  # an interrupt stays an interrupt
-            raise
-        # torch.save reports a failed write as a chain (OSError, then RuntimeError from the zip writer, then the
-        # OSError of closing the file): one error about the checkpoint, with the reason, is what the user needs.
-        raise OSError(cause.errno, cause.strerror, str(path)) from exc
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The first OS error with an errno in ``exc``'s chain of context (``exc`` included)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno is not None:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """:func:`safe_load` for a file the user named: a missing, truncated or foreign file is a :class:`UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    try:
-        return safe_load(path, map_location)
-    except Exception as exc:  # noqa: BLE001 - unreadable is one user error whatever the cause
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _process_gone(pid: int) -> bool:
@@ -95,13 +45,10 @@ class CheckpointManager:
         self.keep_last = max(1, keep_last)
 
     def steps(self) -> list[int]:
-        if not self.directory.is_dir():
-            return []
-        found = (_NAME.match(p.name) for p in self.directory.iterdir())
-        return sorted(int(m.group(1)) for m in found if m)
+        return checkpoint_steps(self.directory)
 
     def path(self, step: int) -> Path:
-        return self.directory / f"step_{step}.pt"
+        return checkpoint_path(self.directory, step)
 
     def save(self, step: int, state: dict) -> Path:
         path = self.path(step)
@@ -116,8 +63,8 @@ class CheckpointManager:
             return []
         removed = []
         for path in self.directory.iterdir():
-            match = _TEMP.match(path.name)
-            if match and int(match.group(1)) != os.getpid() and _process_gone(int(match.group(1))):
+            pid = temp_file_owner(path.name)
+            if pid is not None and pid != os.getpid() and _process_gone(pid):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         if removed:
@@ -127,11 +74,4 @@ class CheckpointManager:
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[int, dict] | None:
         """The newest readable checkpoint, skipping (with a warning) any that fail to load."""
-        for step in reversed(self.steps()):
-            path = self.path(step)
-            try:
-                return step, safe_load(path, map_location)
-            except Exception as exc:  # noqa: BLE001 - any unreadable file means: try the previous one
-                log.warning("checkpoint %s is unreadable (%s: %s); falling back to the previous one",
-                            path, type(exc).__name__, exc)
-        return None
+        return newest_checkpoint(self.directory, map_location)

@@ -1,4 +1,4 @@
-"""A training run's output directory: one run at a time writes it, and what kind of run it holds.
+"""A training run's output directory: one run at a time writes it.
 
 Two runs writing the same directory would interleave ``metrics.jsonl`` and overwrite each other's checkpoints, so a
 run holds an exclusive ``fcntl.flock`` on ``OUT/.lock`` from start to end. The kernel drops the lock when its
@@ -16,8 +16,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import yaml
 
 from seqwin.errors import UserError
 
@@ -90,29 +88,3 @@ def _lock(path: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-# (top-level section of config.yaml that only this recipe's runs have, recipe, what the run is)
-_RUN_KINDS = (
-    ("tokenizer", "lm", "an LM run (seqwin train lm)"),
-    ("discriminator", "codec", "a codec run (seqwin train codec)"),
-    ("finetune", "asr", "a wav2vec2 ASR run (seqwin train asr)"),
-    ("loss", "ssl", "a wav2vec2 SSL run (seqwin train ssl)"),
-)
-
-
-def check_run_kind(run_dir: Path, expected: str, what: str) -> None:
-    """Raise a :class:`UserError` naming the run if ``run_dir/config.yaml`` is another recipe's than ``expected``
-    (``lm``, ``codec``, ``asr``, ``ssl``); ``what`` is the run wanted, e.g. "an LM run". Unknown or unreadable
-    configs pass: the caller's own loading reports those."""
-    try:
-        tree = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return
-    if not isinstance(tree, dict):
-        return
-    for section, kind, description in _RUN_KINDS:
-        if section in tree:
-            if kind != expected:
-                raise UserError(f"{run_dir} is {description}, not {what}")
-            return

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seqwin.io.checkpoint_files import atomic_save, safe_load
+
 _FAMILIES = ("wav2vec2", "wav2vec2_asr")
 
 
@@ -93,10 +95,7 @@ def save_wav2vec2_teacher(path: Path, model: nn.Module, config: object) -> None:
 
     family = "wav2vec2" if isinstance(config, Wav2Vec2Config) else "wav2vec2_asr"
     state = {"family": family, "config": StandardValueConverter().unstructure(config), "model": model.state_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save(state, path)
 
 
 def load_wav2vec2_teacher(path: Path) -> tuple[nn.Module, object]:
@@ -106,7 +105,7 @@ def load_wav2vec2_teacher(path: Path) -> tuple[nn.Module, object]:
     from fairseq2.utils.structured import StandardValueConverter
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such teacher file") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error

@@ -3,7 +3,7 @@
 ``register_seqwin_lm(container)`` registers the family explicitly (``fairseq2.init_fairseq2(extras=...)`` or a call
 from your own fairseq2 extension; seqwin declares no ``fairseq2.extension`` entry point): once registered,
 fairseq2's model hub, asset cards and recipes can name the family (``model_family: seqwin_lm``) and the
-architectures below. Our training checkpoints hold ``{"model": state_dict, "optimizer": ...}``; the state-dict
+architectures below. Our training checkpoints and LM files hold ``{"model": state_dict, ...}``; the state-dict
 converter takes the model part and drops the tied output weight, which fairseq2's loader yields only once.
 """
 

@@ -14,10 +14,9 @@ trained LM directory is self-contained (``save``/:func:`load_tokenizer`).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,16 +57,25 @@ class SentencePieceTokenizer:
     kind = "sentencepiece"
     eos_idx = None
 
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, proto: bytes, where: str) -> None:
+        """``proto``: the serialized SentencePiece model (the bytes of ``tokenizer.model``); ``where`` names its
+        source in errors."""
         import sentencepiece as spm
 
-        self.model_path = Path(model_path)
+        self.proto = bytes(proto)
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
+            self.sp = spm.SentencePieceProcessor(model_proto=self.proto)
         except (OSError, RuntimeError) as exc:
-            raise UserError(f"{model_path}: not a SentencePiece model ({exc})") from None
+            raise UserError(f"{where}: not a SentencePiece model ({exc})") from None
         self.newline_idx = self.sp.get_piece_size()
         self.vocab_size = self.newline_idx + 1
+
+    @classmethod
+    def from_file(cls, path: Path) -> SentencePieceTokenizer:
+        try:
+            return cls(Path(path).read_bytes(), str(path))
+        except OSError as exc:
+            raise UserError(f"{path}: not a SentencePiece model ({exc.strerror})") from None
 
     def encode(self, text: str) -> list[int]:
         lines = text.split("\n")
@@ -89,9 +97,8 @@ class SentencePieceTokenizer:
         return "\n".join(self.sp.decode(lines))
 
     def save(self, directory: Path) -> None:
-        target = Path(directory) / SPM_MODEL
-        if target.resolve() != self.model_path.resolve():
-            shutil.copyfile(self.model_path, target)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / SPM_MODEL).write_bytes(self.proto)
         _write_json(directory, {"kind": self.kind, "model": SPM_MODEL})
 
 
@@ -166,10 +173,34 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     if kind == "byte":
         return ByteTokenizer()
     if kind == "sentencepiece":
-        return SentencePieceTokenizer(Path(directory) / data.get("model", SPM_MODEL))
+        return SentencePieceTokenizer.from_file(Path(directory) / data.get("model", SPM_MODEL))
     if kind == "codes":
         return CodeTokenizer(int(data["codebooks"]), int(data["codebook_size"]))
     raise UserError(f"{path}: unknown tokenizer kind {kind!r}")
+
+
+def tokenizer_state(tok: Tokenizer) -> dict[str, Any]:
+    """Everything that rebuilds ``tok`` as plain values (what an LM model file carries; see
+    :func:`tokenizer_from_state`)."""
+    if isinstance(tok, SentencePieceTokenizer):
+        return {"kind": tok.kind, "proto": tok.proto}
+    if isinstance(tok, CodeTokenizer):
+        return {"kind": tok.kind, "codebooks": tok.codebooks, "codebook_size": tok.codebook_size}
+    return {"kind": tok.kind}
+
+
+def tokenizer_from_state(state: Any, where: str) -> Tokenizer:
+    kind = state.get("kind") if isinstance(state, dict) else None
+    try:
+        if kind == "byte":
+            return ByteTokenizer()
+        if kind == "sentencepiece":
+            return SentencePieceTokenizer(state["proto"], where)
+        if kind == "codes":
+            return CodeTokenizer(int(state["codebooks"]), int(state["codebook_size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{where}: incomplete {kind} tokenizer ({type(exc).__name__}: {exc})") from None
+    raise UserError(f"{where}: unknown tokenizer kind {kind!r}")
 
 
 def train_sentencepiece(
@@ -201,6 +232,6 @@ def train_sentencepiece(
         raise UserError(f"SentencePiece training failed: {exc}") from None
     for ext in ("model", "vocab"):  # publish only complete files
         Path(f"{prefix}.{ext}").replace(out_dir / f"tokenizer.{ext}")
-    tok = SentencePieceTokenizer(out_dir / SPM_MODEL)
+    tok = SentencePieceTokenizer.from_file(out_dir / SPM_MODEL)
     tok.save(out_dir)
     return tok

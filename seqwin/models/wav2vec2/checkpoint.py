@@ -1,9 +1,13 @@
-"""Model files: seqwin's self-describing format, and import of fairseq2 and fairseq (v1) checkpoints.
+"""Model files: seqwin's (the :mod:`seqwin.io.model_file` envelope), and import of fairseq2 and fairseq (v1)
+checkpoints.
 
-seqwin format (``model.pt``): ``{"seqwin_family": SSL_FAMILY | ASR_FAMILY, "config": <config as plain dict>,
-"model": state_dict, "dictionary": [symbols] (CTC only)}``, written atomically, read with ``weights_only=True``.
+seqwin format (``model.pt``): format ``seqwin.wav2vec2`` (self-supervised) or ``seqwin.wav2vec2_asr`` (CTC), the
+``SeqwinWav2Vec2Config`` / ``SeqwinWav2Vec2AsrConfig`` as config, extras ``{"dictionary": [symbols]}`` for a CTC
+model whose letters are known. ``model.yaml`` beside a run's training checkpoints is the same header without the
+weights. Files and ``model.yaml`` written before the envelope (``{"seqwin_family": ..., "config": ...,
+"model": ..., "dictionary": ...}``) still load.
 
-:func:`load_model` accepts
+:func:`load` accepts
 - a seqwin model file, or a recipe output directory (``model.pt``, else ``model.yaml`` + the newest
   ``checkpoints/step_*.pt``), or one ``step_*.pt`` of such a directory;
 - a fairseq2 wav2vec2 / wav2vec2_asr checkpoint (fairseq2 key names, ``{"model": ...}`` or bare);
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,17 @@ from fairseq2.models.transformer import TransformerNormOrder
 from fairseq2.models.wav2vec2.asr import convert_wav2vec2_asr_state_dict
 from torch import Tensor, nn
 
-from seqwin.errors import UserError
+from seqwin.io.config_dict import to_dict
+from seqwin.io.model_file import (
+    VERSION,
+    Family,
+    ModelFile,
+    ModelLoadError,
+    config_from,
+    load_weights,
+    read_model_file,
+    write_model_file,
+)
 from seqwin.models.wav2vec2 import fairseq1
 from seqwin.models.wav2vec2.config import (
     ASR_FAMILY,
@@ -37,26 +51,31 @@ from seqwin.models.wav2vec2.config import (
     ssl_presets,
 )
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model, create_seqwin_wav2vec2_model
-from seqwin.training.checkpoint import CheckpointManager, atomic_save
-from seqwin.training.config import ConfigError, from_dict, to_dict
+
+__all__ = ["ASR_FAMILY", "SSL_FAMILY", "LoadedModel", "ModelLoadError", "load", "model_yaml", "save"]
 
 _PRETRAINING_ONLY = re.compile(r"^w2v_encoder\.w2v_model\.(quantizer|project_q|final_proj|target_glu)\.")
 AnyConfig = SeqwinWav2Vec2Config | SeqwinWav2Vec2AsrConfig
 CONFIG_KLS = {SSL_FAMILY: SeqwinWav2Vec2Config, ASR_FAMILY: SeqwinWav2Vec2AsrConfig}
-
-
-class ModelLoadError(UserError):
-    pass
+FORMATS = {SSL_FAMILY: "seqwin.wav2vec2", ASR_FAMILY: "seqwin.wav2vec2_asr"}
+_FAMILY_OF_FORMAT = {fmt: family for family, fmt in FORMATS.items()}
 
 
 @dataclass
 class LoadedModel:
     family: str
+    """``SSL_FAMILY`` or ``ASR_FAMILY`` (the fairseq2 family names)."""
     config: AnyConfig
     model: nn.Module
-    dictionary: list[str] | None
+    """In eval mode, on the CPU."""
     source: str
     """What was read: ``seqwin``, ``seqwin-training``, ``fairseq2`` or ``fairseq1``."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dictionary(self) -> list[str] | None:
+        """The CTC letters, if the file has them."""
+        return self.extras.get("dictionary")
 
 
 def family_of(config: AnyConfig) -> str:
@@ -69,72 +88,81 @@ def create_model(config: AnyConfig) -> nn.Module:
     return create_seqwin_wav2vec2_model(config)
 
 
-def config_from_dict(family: str, data: Any, where: str) -> AnyConfig:
-    if family not in CONFIG_KLS:
-        raise ModelLoadError(f"{where}: unknown model family {family!r} (expected {SSL_FAMILY} or {ASR_FAMILY})")
-    try:
-        return from_dict(CONFIG_KLS[family], data, "model")
-    except ConfigError as exc:
-        raise ModelLoadError(f"{where}: bad model config: {exc}") from None
-
-
-def model_header(config: AnyConfig, dictionary: list[str] | None = None) -> dict[str, Any]:
-    header: dict[str, Any] = {"seqwin_family": family_of(config), "config": to_dict(config)}
-    if dictionary is not None:
-        header["dictionary"] = list(dictionary)
-    return header
+def _extras(dictionary: list[str] | None) -> dict[str, Any]:
+    return {} if dictionary is None else {"dictionary": list(dictionary)}
 
 
 def model_yaml(config: AnyConfig, dictionary: list[str] | None = None) -> str:
-    """Text of ``model.yaml`` beside training checkpoints: what :func:`load_model` needs to rebuild the model."""
-    return yaml.safe_dump(model_header(config, dictionary), sort_keys=False)
+    """Text of ``model.yaml`` beside training checkpoints: the model file's header, what :func:`load` needs to
+    rebuild the model."""
+    header = {"format": FORMATS[family_of(config)], "version": VERSION, "config": to_dict(config),
+              "extras": _extras(dictionary)}
+    return yaml.safe_dump(header, sort_keys=False)
 
 
-def save_model(path: Path, config: AnyConfig, model: nn.Module, dictionary: list[str] | None = None) -> None:
-    atomic_save({**model_header(config, dictionary), "model": model.state_dict()}, path)
+def same_model(yaml_a: str, yaml_b: str) -> bool:
+    """Whether two ``model.yaml`` texts (either layout) describe the same model."""
+    return _header(yaml.safe_load(yaml_a), "model.yaml") == _header(yaml.safe_load(yaml_b), "model.yaml")
 
 
-def _from_header(header: dict, state: dict, where: str, source: str) -> LoadedModel:
-    family = header.get("seqwin_family")
-    config = config_from_dict(family, header.get("config"), where)
-    model = create_model(config)
-    _load_state(model, state, where)
-    return LoadedModel(family, config, model, header.get("dictionary"), source)
+def save(path: Path, model: nn.Module, config: AnyConfig, *, dictionary: list[str] | None = None) -> Path:
+    return write_model_file(path, FORMATS[family_of(config)], to_dict(config), model, _extras(dictionary))
 
 
-def _load_state(model: nn.Module, state: dict[str, Any], where: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Log-mel filterbank matrices are buffers derived from the config, not learned: tolerate their absence.
-    missing = [k for k in missing if ".feature_extractor.mel." not in k]
-    if missing or unexpected:
-        raise ModelLoadError(f"{where}: weights do not match the model: missing {missing[:4]}"
-                             f"{'...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
-                             f"{'...' if len(unexpected) > 4 else ''}")
+def _header(header: Any, where: Path | str) -> tuple[str, dict, dict]:
+    """``(format, config, extras)`` of a ``model.yaml`` or a model file's header, in either layout."""
+    if isinstance(header, dict) and "seqwin_family" in header:  # before the envelope
+        family = header["seqwin_family"]
+        if family not in FORMATS:
+            raise ModelLoadError(f"{where}: unknown model family {family!r} (expected {SSL_FAMILY} or {ASR_FAMILY})")
+        return FORMATS[family], header.get("config"), _extras(header.get("dictionary"))
+    if isinstance(header, dict) and header.get("format") in _FAMILY_OF_FORMAT:
+        return header["format"], header.get("config"), dict(header.get("extras") or {})
+    raise ModelLoadError(f"{where}: not a wav2vec2 model header (expected format {' or '.join(_FAMILY_OF_FORMAT)})")
 
 
-def load_model(path: Path, *, heads: int | None = None) -> LoadedModel:
-    path = Path(path)
-    if path.is_dir():
-        if (path / "model.pt").is_file():
-            return load_model(path / "model.pt", heads=heads)
-        found = CheckpointManager(path / "checkpoints").load_latest()
-        if found is None or not (path / "model.yaml").is_file():
-            raise ModelLoadError(f"{path}: neither model.pt nor model.yaml + checkpoints/step_*.pt inside")
-        return _from_header(yaml.safe_load((path / "model.yaml").read_text()), found[1]["model"],
-                            str(path), "seqwin-training")
+def _run_config(run_dir: Path) -> tuple[str, dict, dict] | None:
+    path = run_dir / "model.yaml"
     if not path.is_file():
-        raise ModelLoadError(f"{path}: no such checkpoint file or directory")
+        return None
     try:
-        data = fairseq1.read_checkpoint(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
-        raise ModelLoadError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        return _header(yaml.safe_load(path.read_text()), path)
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{path}: not valid YAML ({exc})") from None
+
+
+def _legacy(data: dict, path: Path) -> ModelFile | None:
+    if "seqwin_family" not in data:
+        return None
+    fmt, config, extras = _header(data, path)
+    return ModelFile(fmt, config, data["model"], extras, path)
+
+
+FAMILY = Family(what="a wav2vec2", formats=tuple(FORMATS.values()), exports=("model.pt",),
+                run_config=_run_config, legacy=_legacy)
+
+
+def _optional(key: str) -> bool:
+    # Log-mel filterbank matrices are buffers derived from the config, not learned: tolerate their absence.
+    return ".feature_extractor.mel." in key
+
+
+def load(path: Path, *, heads: int | None = None) -> LoadedModel:
+    found = read_model_file(path, FAMILY, load=fairseq1.read_checkpoint,
+                            foreign=lambda data, where: _import(data, where, heads))
+    if isinstance(found, LoadedModel):
+        return found
+    family = _FAMILY_OF_FORMAT[found.format]
+    config = config_from(CONFIG_KLS[family], found.config, found.where)
+    model = create_model(config)
+    load_weights(model, found.model, found.where, _optional)
+    return LoadedModel(family, config, model.eval(), "seqwin" if found.step is None else "seqwin-training",
+                       found.extras)
+
+
+def _import(data: Any, path: Path, heads: int | None) -> LoadedModel:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: not a checkpoint (a {type(data).__name__})")
-    if "seqwin_family" in data:
-        return _from_header(data, data["model"], str(path), "seqwin")
-    if re.fullmatch(r"step_\d+\.pt", path.name) and (path.parent.parent / "model.yaml").is_file():
-        header = yaml.safe_load((path.parent.parent / "model.yaml").read_text())
-        return _from_header(header, data["model"], str(path), "seqwin-training")
     state = data.get("model", data)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelLoadError(f"{path}: no model weights found (expected a seqwin, fairseq2 or fairseq checkpoint)")
@@ -162,8 +190,8 @@ def import_state_dict(state: dict[str, Any], settings: dict[str, Any], *, heads:
     if asr and config.model.use_masking and "masker.temporal_mask_embed" not in state:
         config.model.use_masking = False
         model = create_model(config)
-    _load_state(model, state, where)
-    return LoadedModel(ASR_FAMILY if asr else SSL_FAMILY, config, model, None, source)
+    load_weights(model, state, where, _optional)
+    return LoadedModel(ASR_FAMILY if asr else SSL_FAMILY, config, model.eval(), source)
 
 
 def convert_fairseq1(state: dict[str, Any], asr: bool, norm: TransformerNormOrder) -> dict[str, Any]:

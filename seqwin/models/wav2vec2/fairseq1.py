@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch._weights_only_unpickler import _get_allowed_globals
 
+from seqwin.io.checkpoint_files import safe_load
+
 _INERT_BUILTINS = {"set": set, "frozenset": frozenset, "object": object, "slice": slice, "complex": complex,
                    "bytearray": bytearray}
 
@@ -95,7 +97,7 @@ _SAFE_PICKLE = types.SimpleNamespace(Unpickler=_SafeUnpickler, load=pickle.load,
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint file without running code from it (see the module docstring)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_load(path)
     except pickle.UnpicklingError:
         pass  # holds config objects: retry with inert stand-ins below
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SAFE_PICKLE)

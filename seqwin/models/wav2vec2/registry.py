@@ -3,7 +3,7 @@
 Registration is explicit: ``fairseq2.init_fairseq2(extras=register_seqwin_wav2vec2)``, or a call from your own
 fairseq2 extension. seqwin declares no ``fairseq2.extension`` entry point, so fairseq2 never imports these models
 by itself (and never registers them a second time, which it refuses). Once registered, fairseq2 asset cards,
-``load_model`` and recipes can name them::
+``checkpoint.load`` and recipes can name them::
 
     name: my_windowed_asr
     model_family: seqwin_wav2vec2_asr

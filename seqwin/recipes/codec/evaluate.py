@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqwin.data.inputs import AudioInput, collect_inputs, strip_audio_suffix
 from seqwin.data.manifest import read_labels, read_manifest
 from seqwin.errors import UserError
+from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec import codebook_stats
 from seqwin.models.codec.losses import MultiScaleMelLoss
-from seqwin.recipes.codec.checkpoint import load_codec
 from seqwin.recipes.codec.metrics import (
     PocketSphinx,
     mean_or_none,
@@ -35,7 +36,7 @@ from seqwin.recipes.codec.metrics import (
     word_error_rate,
 )
 from seqwin.recipes.codec.report import write_report
-from seqwin.recipes.codec.tokenize import AudioInput, TokenizeSummary, _read, _strip, collect_inputs
+from seqwin.recipes.codec.tokenize import TokenizeSummary, _read
 from seqwin.recipes.codec.train import si_snr
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,14 @@ def _references(data: list[Path]) -> dict[str, str]:
         if item.suffix == ".tsv" and wrd.is_file():
             _, entries = read_manifest(item)
             for entry, text in zip(entries, read_labels(wrd, len(entries)), strict=True):
-                refs[_strip(entry.rel_path)] = normalize_words(text)
+                refs[strip_audio_suffix(entry.rel_path)] = normalize_words(text)
     return refs
 
 
 def evaluate_codec(checkpoint: Path, data: list[Path], out_dir: Path, *, num_quantizers: int | None = None,
                    max_utterances: int | None = None, asr: bool = True, asr_utterances: int | None = None,
                    report_utterances: int = 8) -> list[str]:
-    model = load_codec(checkpoint)
+    model = codec_checkpoint.load(checkpoint).model
     cfg = model.cfg
     n = cfg.quantizer.num_quantizers if num_quantizers is None else num_quantizers  # 0 is an error, not 'all'
     if not 1 <= n <= cfg.quantizer.num_quantizers:

@@ -43,25 +43,25 @@ def load_teacher_model(path: Path) -> tuple[nn.Module, list[str] | None]:
     except ValueError as exc:
         first = str(exc)
     try:
-        from seqwin.models.wav2vec2.checkpoint import load_model
+        from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
     except ImportError:  # a tree without the wav2vec2 models reads codec teacher files only
         raise UserError(first) from None
-    loaded = load_model(path)
+    loaded = wav2vec2_checkpoint.load(path)
     return loaded.model.eval(), loaded.dictionary
 
 
-def load_text_encoder(lm_dir: Path | None, dim: int, seed: int) -> TextEncoder:
-    """The LM of a ``seqwin train lm`` directory as text encoder (loaded like ``seqwin eval lm DIR``, on the CPU
-    like the other teachers), or the hashed n-gram encoder when ``lm_dir`` is None."""
-    if lm_dir is None:
+def load_text_encoder(lm_path: Path | None, dim: int, seed: int) -> TextEncoder:
+    """A trained LM (a ``seqwin train lm`` directory or its ``model.pt``, loaded on the CPU like the other
+    teachers) as text encoder, or the hashed n-gram encoder when ``lm_path`` is None."""
+    if lm_path is None:
         return HashedNgramTextEncoder(dim, seed=seed)
-    from seqwin.recipes.lm.train import load_trained
+    from seqwin.models.lm import checkpoint as lm_checkpoint
 
     try:
-        _, tokenizer, model, _ = load_trained(lm_dir, device="cpu")
-        return LMTextEncoder(model, tokenizer, dim, seed=seed)
+        loaded = lm_checkpoint.load(lm_path)
+        return LMTextEncoder(loaded.model, loaded.tokenizer, dim, seed=seed)
     except (UserError, ValueError) as exc:  # not a run directory, no checkpoint, a speech-code LM
-        where = "" if str(lm_dir) in str(exc) else f"{lm_dir}: "
+        where = "" if str(lm_path) in str(exc) else f"{lm_path}: "
         raise UserError(f"teachers.text_encoder: {where}{exc}") from None
 
 

@@ -1,19 +1,9 @@
 """``seqwin tokenize`` / ``seqwin detokenize``: speech <-> codec codes, batched, for files, folders and manifests.
 
-Output of ``seqwin tokenize INPUT... -o OUT`` (format ``seqwin-codes/1``)::
-
-    OUT/codes/<id>.npy   one int16 array per utterance, shape (num_quantizers, num_frames), C order;
-                         row q holds the codes of RVQ level q+1, values in [0, codebook_size)
-    OUT/index.json       {"format": "seqwin-codes/1", "sample_rate", "hop_length", "frame_rate",
-                          "num_quantizers", "codebook_size", "checkpoint", "causal", "precision" (fp32|bf16),
-                          "utterances": [{"id", "codes", "source", "num_samples", "num_frames"}, ...],
-                          "skipped": [{"source", "reason"}, ...]}
-    OUT/index.tsv        the same utterances, one per line: id, codes (path relative to OUT), num_frames,
-                         num_samples, source; first line is the header
-
-``num_frames = ceil(num_samples / hop_length)``: the last frame covers a partial hop (zero-padded). Utterance ids
-are the manifest's relative paths, or the paths relative to an input folder, or the file stems, without the
-audio extension (``/`` kept, so ``codes/`` mirrors the input tree); two inputs with the same id are an error.
+Output of ``seqwin tokenize INPUT... -o OUT``: the code files and their index (format ``seqwin-codes/1``, see
+:mod:`seqwin.data.codes_index`). Utterance ids are the manifest's relative paths, or the paths relative to an
+input folder, or the file stems, without the audio extension (``/`` kept, so ``codes/`` mirrors the input tree);
+two inputs with the same id are an error.
 
 Inputs and bad input:
 - a ``.tsv`` manifest (fairseq layout), a folder (searched recursively for .flac/.wav/.ogg/.mp3/.opus) or an
@@ -42,7 +32,6 @@ them in batches of similar length, and writes 16-bit ``WAV_DIR/<id>.wav``, trimm
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,13 +42,12 @@ import soundfile as sf
 import torch
 
 from seqwin.data.audio import AudioError, read_audio
-from seqwin.data.inputs import AudioInput, collect_inputs  # noqa: F401 - the codec evaluation imports it from here
-from seqwin.data.inputs import strip_audio_suffix as _strip  # noqa: F401 - likewise
+from seqwin.data.codes_index import write_codes_index
+from seqwin.data.inputs import AudioInput
 from seqwin.errors import UserError
 from seqwin.models.codec import Codec
 
 log = logging.getLogger(__name__)
-FORMAT = "seqwin-codes/1"
 
 
 @dataclass
@@ -154,38 +142,11 @@ def tokenize(model: Codec, inputs: list[AudioInput], out_dir: Path, *, checkpoin
                                               context_samples=context, bf16=bf16))
     summary.wall = time.monotonic() - start
     records.sort(key=lambda r: r["id"])
-    index = {"format": FORMAT, "sample_rate": cfg.sample_rate, "hop_length": cfg.hop_length,
-             "frame_rate": cfg.frame_rate, "num_quantizers": n, "codebook_size": cfg.quantizer.codebook_size,
-             "checkpoint": checkpoint, "causal": cfg.causal, "precision": "bf16" if bf16 else "fp32",
-             "utterances": records, "skipped": summary.skipped}
-    (out_dir / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-    lines = ["id\tcodes\tnum_frames\tnum_samples\tsource"]
-    lines += [f"{r['id']}\t{r['codes']}\t{r['num_frames']}\t{r['num_samples']}\t{r['source']}" for r in records]
-    (out_dir / "index.tsv").write_text("\n".join(lines) + "\n")
+    header = {"sample_rate": cfg.sample_rate, "hop_length": cfg.hop_length, "frame_rate": cfg.frame_rate,
+              "num_quantizers": n, "codebook_size": cfg.quantizer.codebook_size, "checkpoint": checkpoint,
+              "causal": cfg.causal, "precision": "bf16" if bf16 else "fp32"}
+    write_codes_index(out_dir, header, records, summary.skipped)
     return summary
-
-
-def read_codes_index(source: Path) -> tuple[dict | None, list[dict]]:
-    """``(index or None, [{"id", "path", "num_samples" or None}])`` for an index.json, its folder or .npy files."""
-    source = Path(source)
-    if source.is_dir():
-        source = source / "index.json"
-    if source.suffix == ".npy":
-        if not source.is_file():
-            raise UserError(f"{source}: no such file")
-        return None, [{"id": source.stem, "path": source, "num_samples": None}]
-    if not source.is_file():
-        raise UserError(f"{source}: no such codes index (give OUT of seqwin tokenize, its index.json or a .npy)")
-    try:
-        index = json.loads(source.read_text())
-    except UnicodeDecodeError:  # a binary file, e.g. audio given by mistake
-        raise UserError(f"{source}: not a codes index (give OUT of seqwin tokenize, index.json or a .npy)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{source}: not valid JSON ({exc})") from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise UserError(f"{source}: not a {FORMAT} index")
-    return index, [{"id": u["id"], "path": source.parent / u["codes"], "num_samples": u.get("num_samples")}
-                   for u in index["utterances"]]
 
 
 def detokenize(model: Codec, items: list[dict], out_dir: Path, *, index: dict | None = None,

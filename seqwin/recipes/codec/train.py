@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from seqwin.data.audio import read_audio
 from seqwin.models.codec import Codec, codebook_stats, create_codec
+from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec.discriminators import create_discriminators
 from seqwin.models.codec.losses import (
     MultiScaleMelLoss,
@@ -31,7 +32,6 @@ from seqwin.models.codec.losses import (
     generator_total,
     waveform_l1,
 )
-from seqwin.recipes.codec.checkpoint import export_codec
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.data import SegmentBatch, SegmentDataset, read_split
 from seqwin.recipes.codec.teacher_features import TeacherFeatures, teacher_batch_to
@@ -222,7 +222,7 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
         step.disc_run = DistributedDataParallel(disc)
     result = trainer.fit()
     if trainer.rank == 0:
-        path = export_codec(trainer.model, out_dir / "codec.pt")
+        path = codec_checkpoint.save(out_dir / codec_checkpoint.EXPORT_NAME, trainer.model)
         log.info("codec exported to %s", path)
     return result
 

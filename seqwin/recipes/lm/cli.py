@@ -60,7 +60,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
                         help="score this many tokens per window (default: --context, i.e. disjoint windows)")
     parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N tokens (0: all)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, help="a checkpoint file (default: the newest in OUT)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a checkpoint or LM file (default: OUT/model.pt, else the newest checkpoint in OUT)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     _add_threads(parser)

@@ -2,7 +2,7 @@
 
 Text: ``DIR/{split}.txt`` is tokenized as one stream (documents stay in their order, newlines are tokens).
 Codes (the speech LM): ``DIR/{split}/`` is the output of ``seqwin tokenize MANIFEST -o DIR/{split}`` (format
-``seqwin-codes/1``, see :mod:`seqwin.recipes.codec.tokenize`): ``index.json`` plus one ``(quantizers, frames)``
+``seqwin-codes/1``, see :mod:`seqwin.data.codes_index`): ``index.json`` plus one ``(quantizers, frames)``
 integer ``.npy`` per utterance. Utterances are flattened by :class:`CodeTokenizer` (the first ``codebooks``
 levels) and joined with its end-of-utterance id. Unreadable or malformed code files are skipped, counted and
 listed in ``OUT/issues.tsv``; an index whose codebook size differs from the tokenizer's is an error.
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqwin.data.codes_index import read_codes_index
 from seqwin.data.errors import DataError, IssueLog
 from seqwin.models.lm.tokenizer import CodeTokenizer, Tokenizer
 
@@ -113,8 +114,6 @@ def load_tokens(data_dir: Path, split: str, fmt: str, tokenizer: Tokenizer, out_
 
 def code_stream(index_path: Path, tokenizer: CodeTokenizer, issues: IssueLog) -> np.ndarray:
     """All utterances of a ``seqwin-codes/1`` index as one stream, each followed by end-of-utterance."""
-    from seqwin.recipes.codec.tokenize import read_codes_index
-
     index, items = read_codes_index(index_path)
     assert index is not None
     size, levels = index.get("codebook_size"), index.get("num_quantizers")

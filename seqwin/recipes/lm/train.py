@@ -1,9 +1,11 @@
 """``seqwin train lm``: train a long-context LM on packed sequences with the shared trainer.
 
 ``OUT/`` receives ``config.yaml`` (the resolved config, vocabulary size included), the tokenizer
-(``tokenizer.json`` [+ ``tokenizer.model``]), token caches (``tokens/``), ``checkpoints/``, ``metrics.jsonl`` and
-``tb/``. Re-running the same command resumes; a changed model/tokenizer/data section is refused (use a new OUT).
-The loss is the mean next-token cross entropy plus the routing layers' commitment losses.
+(``tokenizer.json`` [+ ``tokenizer.model``]), token caches (``tokens/``), ``checkpoints/``, ``metrics.jsonl``,
+``tb/`` and, once training ends, ``model.pt`` (the LM file: model and tokenizer, see
+:mod:`seqwin.models.lm.checkpoint`). Re-running the same command resumes; a changed model/tokenizer/data
+section is refused (use a new OUT). The loss is the mean next-token cross entropy plus the routing layers'
+commitment losses.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.errors import UserError
+from seqwin.models.lm import checkpoint as lm_checkpoint
 from seqwin.models.lm.factory import count_parameters, create_lm_model
 from seqwin.models.lm.tokenizer import (
     ByteTokenizer,
@@ -33,10 +36,8 @@ from seqwin.models.lm.tokenizer import (
 from seqwin.recipes.lm.config import LMRecipeConfig
 from seqwin.recipes.lm.data import PackedBatches, load_tokens, split_source
 from seqwin.recipes.lm.scoring import score_stream
-from seqwin.training import CheckpointManager, Trainer, load_config, to_yaml
-from seqwin.training.checkpoint import read_checkpoint
+from seqwin.training import Trainer, load_config, to_yaml
 from seqwin.training.config import to_dict
-from seqwin.training.run_dir import check_run_kind
 from seqwin.training.trainer import create_gangs, pick_device
 
 log = logging.getLogger("seqwin.lm")
@@ -146,31 +147,25 @@ def run_train(cfg: LMRecipeConfig, out: Path) -> dict[str, float]:
     trainer = Trainer(cfg.trainer, model, out, step_fn=lm_loss, batches=batches, valid_fn=valid, unit="tokens")
     PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed, trainer.rank,
                   trainer.world_size).check_fits()
-    return trainer.fit()
+    result = trainer.fit()
+    if trainer.rank == 0:
+        path = lm_checkpoint.save(out / lm_checkpoint.EXPORT_NAME, trainer.model, cfg.model, tokenizer=tok,
+                                  step=trainer.step)
+        log.info("final model: %s", path)
+    return result
 
 
 def load_trained(out: Path, *, checkpoint: Path | None = None, device: str = "auto",
                  min_seq_len: int = 0) -> tuple[LMRecipeConfig, Tokenizer, TransformerLM, int]:
-    """``(config, tokenizer, model in eval mode, step)`` from a ``seqwin train lm`` directory. The rotary table is
-    extended to ``min_seq_len`` positions if the config's is shorter (it is not part of the weights)."""
+    """``(config, tokenizer, model in eval mode, step)`` from a ``seqwin train lm`` directory (the model as
+    :func:`seqwin.models.lm.checkpoint.load` finds it there, or from ``checkpoint``)."""
     saved = Path(out) / CONFIG_NAME
     if not saved.exists():
         raise UserError(f"{out}: no {CONFIG_NAME}; not a `seqwin train lm` output directory")
-    check_run_kind(out, "lm", "an LM run")
+    loaded = lm_checkpoint.load(out, checkpoint=checkpoint, min_seq_len=min_seq_len)
     cfg = load_config(LMRecipeConfig, saved)
-    tok = load_tokenizer(out)
-    model_cfg = replace(cfg.model, max_seq_len=max(cfg.model.max_seq_len, min_seq_len))
-    model = create_lm_model(model_cfg)
-    if checkpoint is not None:
-        state = read_checkpoint(Path(checkpoint))
-    else:
-        found = CheckpointManager(Path(out) / "checkpoints").load_latest()
-        if found is None:
-            raise UserError(f"{out}/checkpoints: no readable checkpoint (train first)")
-        state = found[1]
-    model.load_state_dict(state["model"])
-    model.to(pick_device(device)).eval()
-    return cfg, tok, model, int(state.get("step", 0))
+    loaded.model.to(pick_device(device))
+    return cfg, loaded.tokenizer, loaded.model, loaded.step
 
 
 def num_bytes(tok: Tokenizer, ids: np.ndarray) -> int:

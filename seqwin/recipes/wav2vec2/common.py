@@ -17,6 +17,7 @@ from fairseq2.data.data_pipeline import read_sequence
 from seqwin.data.errors import DataError
 from seqwin.data.pipeline import AudioBatch, AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
+from seqwin.models.wav2vec2.checkpoint import same_model
 from seqwin.training.config import ConfigError, from_dict, to_dict
 
 log = logging.getLogger("seqwin.wav2vec2")
@@ -171,14 +172,14 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def start_run(out_dir: Path, recipe_yaml: str, model_yaml: str) -> None:
-    """Write ``config.yaml`` (the recipe) and ``model.yaml`` (what ``load_model`` needs) into ``out_dir``.
+    """Write ``config.yaml`` (the recipe) and ``model.yaml`` (what the model loader needs) into ``out_dir``.
 
     Resuming (checkpoints present) with a different *model* is refused: the weights would not fit. Trainer or
     data changes are allowed (e.g. a larger ``max_steps`` to continue a finished run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.yaml"
     resuming = any((out_dir / "checkpoints").glob("step_*.pt"))
-    if resuming and model_path.exists() and model_path.read_text() != model_yaml:
+    if resuming and model_path.exists() and not same_model(model_path.read_text(), model_yaml):
         raise UserError(f"{out_dir} holds checkpoints of another model ({model_path}); use a new output directory")
     for name, text in (("config.yaml", recipe_yaml), ("model.yaml", model_yaml)):
         tmp = out_dir / f".{name}.tmp.{os.getpid()}"  # every rank writes: one temporary file each

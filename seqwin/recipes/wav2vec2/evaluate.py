@@ -25,7 +25,8 @@ from seqwin.data.errors import DataError
 from seqwin.data.manifest import read_manifest
 from seqwin.data.pipeline import AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
-from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel, load_model
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
+from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel
 from seqwin.models.wav2vec2.factory import set_encoder_attention
 from seqwin.recipes.wav2vec2.common import batch_stream
 from seqwin.recipes.wav2vec2.decode import error_rates, greedy_ctc, ids_to_words, letters_to_words
@@ -147,7 +148,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from seqwin.data.manifest import CharDictionary
 
     out_dir = Path(args.out_dir)
-    loaded = load_model(Path(args.checkpoint), heads=args.heads)
+    loaded = wav2vec2_checkpoint.load(Path(args.checkpoint), heads=args.heads)
     if loaded.family != ASR_FAMILY:
         raise UserError(f"--checkpoint {args.checkpoint}: a pretrained (SSL) model has no CTC head; fine-tune it "
                         "with `seqwin train asr` first")

@@ -23,8 +23,8 @@ from seqwin.data.errors import DataError
 from seqwin.data.manifest import CharDictionary
 from seqwin.data.pipeline import AudioBatch
 from seqwin.errors import UserError
-from seqwin.models.wav2vec2.checkpoint import SSL_FAMILY, load_model, model_yaml, save_model
-from seqwin.models.wav2vec2.config import SeqwinWav2Vec2AsrConfig, asr_config_from_ssl, asr_presets
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
+from seqwin.models.wav2vec2.config import SSL_FAMILY, SeqwinWav2Vec2AsrConfig, asr_config_from_ssl, asr_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
 from seqwin.recipes.wav2vec2.common import (
     DataConfig,
@@ -87,7 +87,7 @@ def build_model(cfg: AsrRecipeConfig, vocab_size: int) -> tuple[SeqwinWav2Vec2As
     model_cfg = cfg.model.build(asr_presets(), SeqwinWav2Vec2AsrConfig)
     ssl = None
     if cfg.init.ssl_checkpoint is not None:
-        ssl = load_model(cfg.init.ssl_checkpoint)
+        ssl = wav2vec2_checkpoint.load(cfg.init.ssl_checkpoint)
         if ssl.family != SSL_FAMILY:
             raise UserError(f"init.ssl_checkpoint: {cfg.init.ssl_checkpoint} is a {ssl.family} model, "
                             "expected a pretrained (SSL) wav2vec2 model")
@@ -122,7 +122,7 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_routing_fits(model_cfg, cfg.data)
     check_data_parallel(model_cfg, cfg.trainer.data_parallel)
     enc = model_cfg.model.encoder_config
-    start_run(out_dir, to_yaml(cfg), model_yaml(model_cfg, symbols))
+    start_run(out_dir, to_yaml(cfg), wav2vec2_checkpoint.model_yaml(model_cfg, symbols))
     if cfg.finetune.freeze_feature_extractor:
         model.encoder_frontend.feature_extractor.requires_grad_(False)
     log.info("wav2vec2 CTC: %.2fM parameters, %d layers x %d dim, %d symbols, attention %s",
@@ -169,7 +169,7 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
-        save_model(out_dir / "model.pt", model_cfg, trainer.model, symbols)
+        wav2vec2_checkpoint.save(out_dir / "model.pt", trainer.model, model_cfg, dictionary=symbols)
         log.info("final model: %s", out_dir / "model.pt")
     return result
 

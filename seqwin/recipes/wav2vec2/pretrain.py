@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from seqwin.attention.fairseq2 import collect_aux_losses
 from seqwin.data.pipeline import AudioBatch
-from seqwin.models.wav2vec2.checkpoint import model_yaml, save_model
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_model
 from seqwin.recipes.wav2vec2.common import (
@@ -86,7 +86,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_routing_fits(model_cfg, cfg.data)
     check_data_parallel(model_cfg, cfg.trainer.data_parallel)
     enc = model_cfg.model.encoder_config
-    start_run(out_dir, to_yaml(cfg), model_yaml(model_cfg))
+    start_run(out_dir, to_yaml(cfg), wav2vec2_checkpoint.model_yaml(model_cfg))
     torch.manual_seed(cfg.trainer.seed)
     model = create_seqwin_wav2vec2_model(model_cfg)
     log.info("wav2vec2 SSL: %.2fM parameters, %d layers x %d dim, %s frontend, attention %s",
@@ -133,7 +133,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
-        save_model(out_dir / "model.pt", model_cfg, trainer.model)
+        wav2vec2_checkpoint.save(out_dir / "model.pt", trainer.model, model_cfg)
         log.info("final model: %s", out_dir / "model.pt")
     return result
 

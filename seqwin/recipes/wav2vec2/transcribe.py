@@ -31,7 +31,8 @@ from seqwin.data.audio import AudioError
 from seqwin.data.errors import DataError
 from seqwin.data.inputs import AudioInput, AudioReader, collect_inputs
 from seqwin.errors import UserError
-from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel, load_model
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
+from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel
 from seqwin.recipes.wav2vec2.chunked import (
     SAMPLE_RATE,
     ChunkEncoder,
@@ -198,7 +199,7 @@ def load_asr(args) -> tuple[LoadedModel, list[str]]:
     from seqwin.data.manifest import CharDictionary
     from seqwin.recipes.wav2vec2.evaluate import apply_window
 
-    loaded = load_model(Path(args.checkpoint), heads=args.heads)
+    loaded = wav2vec2_checkpoint.load(Path(args.checkpoint), heads=args.heads)
     if loaded.family != ASR_FAMILY:
         raise UserError(f"--checkpoint {args.checkpoint}: a pretrained (SSL) model has no CTC head; fine-tune it "
                         "with `seqwin train asr` first")
