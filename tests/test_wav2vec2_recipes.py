@@ -233,6 +233,6 @@ def test_trainer_anneal_by_time(tmp_path):
         return model(x).pow(2).mean(), {}, 1
 
     trainer = Trainer(cfg, nn.Linear(2, 1), tmp_path, step_fn=step_fn,
-                      batches=lambda epoch, skip: (torch.randn(4, 2) for _ in range(10)))
+                      batches=lambda epoch, skip, **ranks: (torch.randn(4, 2) for _ in range(10)))
     trainer.fit()
     assert trainer.step < 200 and trainer.scheduler.get_last_lr()[0] < 0.2

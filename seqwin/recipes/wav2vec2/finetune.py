@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from seqwin.recipes.wav2vec2.common import (
     start_run,
 )
 from seqwin.recipes.wav2vec2.decode import error_rates, greedy_ctc, ids_to_words, letters_to_words
-from seqwin.training import Trainer, TrainerConfig, load_config, to_yaml
+from seqwin.training import StepContext, Trainer, TrainerConfig, load_config, to_yaml
 
 log = logging.getLogger("seqwin.wav2vec2.asr")
 
@@ -133,7 +134,8 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainable = [p for p in _encoder_params(model) if p.requires_grad]
     freeze_steps = cfg.finetune.freeze_encoder_steps
 
-    def before_step(step: int, m: nn.Module) -> None:
+    def before_step(ctx: StepContext) -> None:
+        step = ctx.step
         frozen = step < freeze_steps
         if trainable and trainable[0].requires_grad == frozen:
             for p in trainable:
@@ -163,8 +165,7 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainer = Trainer(
         cfg.trainer, model, out_dir, step_fn=step_fn, unit="audio_s", valid_fn=valid_fn if valid else None,
         before_step=before_step if freeze_steps else None,
-        batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
-                                                  cfg.data.max_num_frames),
+        batches=partial(batch_stream, train, budget=cfg.data.max_num_frames),
     )
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from seqwin.recipes.wav2vec2.common import (
     model_device,
     start_run,
 )
-from seqwin.training import Trainer, TrainerConfig, load_config, to_yaml
+from seqwin.training import StepContext, Trainer, TrainerConfig, load_config, to_yaml
 
 log = logging.getLogger("seqwin.wav2vec2.ssl")
 
@@ -98,8 +99,8 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     diversity, penalty = cfg.loss.diversity_weight, _penalty_weight(cfg, model_cfg)
     current_step = [0]
 
-    def before_step(step: int, m: nn.Module) -> None:
-        current_step[0] = step
+    def before_step(ctx: StepContext) -> None:
+        current_step[0] = ctx.step
 
     def step_fn(m: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, float]:
         # The Gumbel temperature follows optimizer steps (as fairseq's set_num_updates), not forward passes:
@@ -127,8 +128,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainer = Trainer(
         cfg.trainer, model, out_dir, step_fn=step_fn, unit="audio_s", valid_fn=valid_fn if valid else None,
         before_step=before_step,
-        batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
-                                                  cfg.data.max_num_frames),
+        batches=partial(batch_stream, train, budget=cfg.data.max_num_frames),
     )
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
