@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from seqwin import __version__
-from seqwin.cli import codec, generate, prepare, tasks, windowize
+from seqwin.cli import codec, commands, generate, prepare, windowize
 from seqwin.errors import UserError
 
 # Each entry adds its subcommand(s) to the top-level parser.
-_COMMANDS = [prepare, tasks, codec, generate, windowize]
+_COMMANDS = [prepare, commands, codec, generate, windowize]
 
 log = logging.getLogger("seqwin")
 
