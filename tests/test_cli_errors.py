@@ -23,7 +23,7 @@ from seqwin.models.wav2vec2.checkpoint import save_model
 from seqwin.models.wav2vec2.config import asr_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
 from seqwin.recipes.codec.checkpoint import export_codec
-from seqwin.recipes.wav2vec2.finetune import AsrRecipeConfig
+from seqwin.recipes.wav2vec2.config import AsrRecipeConfig
 from seqwin.training import checkpoint as checkpoint_module
 from seqwin.training import to_yaml
 from seqwin.training.checkpoint import safe_load
