@@ -20,7 +20,7 @@ from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2AsrConfig, SeqwinWav2Vec2Config, asr_presets, ssl_presets
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.lm.config import LMRecipeConfig
-from seqwin.recipes.wav2vec2.common import ModelSection
+from seqwin.recipes.wav2vec2.config import ModelSection
 from seqwin.training import ConfigError, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -24,7 +24,7 @@ from seqwin.models.codec import create_codec
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import asr_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
-from seqwin.recipes.wav2vec2.finetune import AsrRecipeConfig
+from seqwin.recipes.wav2vec2.config import AsrRecipeConfig
 from seqwin.training import to_yaml
 from seqwin.training.checkpoint import safe_load
 

@@ -20,7 +20,9 @@ from seqwin.models.codec import create_codec
 
 def _run(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    codec_cli.add_parser(parser.add_subparsers(dest="command"))
+    commands = parser.add_subparsers(dest="command")
+    codec_cli.add_tokenize_parser(commands)
+    codec_cli.add_detokenize_parser(commands)
     args = parser.parse_args(list(argv))
     return args.func(args)
 

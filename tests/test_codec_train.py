@@ -1,4 +1,4 @@
-"""GAN training through the shared trainer: discriminator state checkpointed in extra_state, exact resume,
+"""GAN training through the shared trainer: discriminator state checkpointed as trainer extras, exact resume,
 codebook-usage logging, export; and the shipped recipe configs load and build."""
 
 from __future__ import annotations

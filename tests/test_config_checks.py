@@ -16,13 +16,8 @@ from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.lm.config import LMRecipeConfig
 from seqwin.recipes.lm.data import PackedBatches
-from seqwin.recipes.wav2vec2.common import (
-    DataConfig,
-    ModelSection,
-    check_batches,
-    check_data_parallel,
-    check_routing_fits,
-)
+from seqwin.recipes.wav2vec2.config import DataConfig, ModelSection, check_data_parallel, check_routing_fits
+from seqwin.recipes.wav2vec2.train import check_batches
 from seqwin.training import ConfigError, load_config
 from seqwin.training.config import from_dict, to_dict
 

@@ -165,7 +165,7 @@ def test_a_manifest_without_usable_audio_is_an_error(tmp_path):
 
 def test_training_recipes_check_rows_and_honour_data_strict(damaged):
     from seqwin.recipes.codec.data import read_split
-    from seqwin.recipes.wav2vec2.common import DataConfig
+    from seqwin.recipes.wav2vec2.config import DataConfig
     from seqwin.recipes.wav2vec2.evaluate import EvalSplit, open_split
 
     tsv, bad = damaged

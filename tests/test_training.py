@@ -71,7 +71,7 @@ def test_config_overrides(tmp_path):
     assert (cfg.trainer.lr, cfg.trainer.grad_clip) == (0.002, 10.0)
 
 
-def _data(epoch, skip):
+def _data(epoch, skip, *, rank, world_size):
     g = torch.Generator().manual_seed(epoch)
     xs = torch.randn(6, 8, 3, generator=g)
     yield from xs[skip:]

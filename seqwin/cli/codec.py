@@ -16,7 +16,7 @@ from pathlib import Path
 from seqwin.errors import UserError
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_tokenize_parser(subparsers: argparse._SubParsersAction) -> None:
     tok = subparsers.add_parser("tokenize", help="speech -> codec codes (.npy per utterance + index)",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     tok.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="audio files, folders or .tsv manifests")
@@ -35,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           "boundary can differ from float32's; recorded as index.json 'precision')")
     tok.set_defaults(func=_tokenize)
 
+
+def add_detokenize_parser(subparsers: argparse._SubParsersAction) -> None:
     detok = subparsers.add_parser("detokenize", help="codec codes -> 16-bit WAV files",
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     detok.add_argument("codes", type=Path, metavar="CODES", help="tokenize output folder, its index.json, or a .npy")

@@ -13,11 +13,8 @@ import sys
 from pathlib import Path
 
 from seqwin import __version__
-from seqwin.cli import codec, generate, prepare, tasks, transcribe, windowize
+from seqwin.cli.commands import add_commands
 from seqwin.errors import UserError
-
-# Each entry adds its subcommand(s) to the top-level parser.
-_COMMANDS = [prepare, tasks, codec, generate, windowize, transcribe]
 
 log = logging.getLogger("seqwin")
 
@@ -38,8 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"seqwin {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in _COMMANDS:
-        module.add_parser(sub)
+    add_commands(sub)  # the table of every command: seqwin/cli/commands.py
     return parser
 
 

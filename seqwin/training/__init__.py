@@ -3,6 +3,8 @@
 from seqwin.training.checkpoint import CheckpointManager
 from seqwin.training.config import ConfigError, load_config, to_yaml
 from seqwin.training.metrics import MetricWriter
-from seqwin.training.trainer import Trainer, TrainerConfig
+from seqwin.training.trainer import BatchSource, StepContext, Trainer
+from seqwin.training.trainer_config import TrainerConfig
 
-__all__ = ["CheckpointManager", "ConfigError", "MetricWriter", "Trainer", "TrainerConfig", "load_config", "to_yaml"]
+__all__ = ["BatchSource", "CheckpointManager", "ConfigError", "MetricWriter", "StepContext", "Trainer", "TrainerConfig",
+           "load_config", "to_yaml"]

@@ -1,14 +1,17 @@
 """The training loop every recipe shares: progress, metrics, atomic checkpoints, resume, non-finite-loss guard.
 
-A recipe supplies a model, ``step_fn(model, batch) -> (loss, metrics, num_units)`` and
-``batches(epoch, skip) -> iterable`` that yields the epoch's batches after the first ``skip`` (data order is a
-function of the epoch, so skipping restores it exactly after a resume). Re-running the same command on the same
-output directory resumes from the newest readable checkpoint, losing at most one checkpoint interval.
+A recipe supplies a model, ``step_fn(model, batch) -> (loss, metrics, num_units)`` and a :class:`BatchSource`,
+``batches(epoch, skip, *, rank, world_size) -> iterable``, that yields this rank's batches of the epoch after its
+first ``skip`` (data order is a function of the epoch, so skipping restores it exactly after a resume). Re-running
+the same command on the same output directory resumes from the newest readable checkpoint, losing at most one
+checkpoint interval.
 
-Under ``torchrun`` the trainer joins fairseq2 gangs (gloo on CPU, NCCL on GPU) and wraps the model with fairseq2's
-DDP or, with ``data_parallel: fsdp``, fairseq2's FSDP2 (parameters, gradients and optimizer state sharded; checkpoints
-hold the full state, gathered for rank 0). Only rank 0 writes metrics and checkpoints. ``batches`` shards by
-:attr:`Trainer.rank` and :attr:`Trainer.world_size` (set before the first batch is asked for).
+A recipe that trains more than the model (a GAN's discriminator, with its own optimizer and schedule) hands those
+to the trainer as ``extras``: they are checkpointed and resumed with everything else, extra modules are moved to
+the device and replicated across ranks, and ``before_step`` receives them, wrapped, in its :class:`StepContext`.
+
+Under ``torchrun`` the trainer joins fairseq2 gangs and replicates or shards the model (see
+:mod:`seqwin.training.distributed`). Only rank 0 writes metrics and checkpoints.
 
 One optimizer step takes ``update_freq`` micro-batches on every rank (gradient accumulation). Before micro-batch ``j``
 the torch and Python RNGs are seeded from ``(seed, step, j * world_size + rank)``: the global position of that batch,
@@ -18,126 +21,62 @@ draw identical masks, and a 1-process run with ``update_freq = N`` takes the sam
 
 from __future__ import annotations
 
-import atexit
-import copy
 import logging
-import math
-import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from seqwin.errors import UserError
+from seqwin.training import distributed
 from seqwin.training.checkpoint import CheckpointManager
+from seqwin.training.distributed import create_gangs, pick_device
 from seqwin.training.metrics import MetricWriter
 from seqwin.training.run_dir import hold_run_dir
+from seqwin.training.trainer_config import TrainerConfig, lr_factor
 
 log = logging.getLogger("seqwin.train")
 
 StepFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, float], int]]
 
 
-class TrainingError(UserError):
-    pass
+class BatchSource(Protocol):
+    def __call__(self, epoch: int, skip: int, *, rank: int, world_size: int) -> Iterable[Any]:
+        """Rank ``rank``'s batches of ``epoch`` (of ``world_size`` ranks), after its first ``skip``. Every rank
+        must get the same number of batches, or the ones left over wait forever for the others."""
+
+
+class Stateful(Protocol):
+    """What ``extras`` may hold: modules, optimizers, LR schedulers."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> Any: ...
 
 
 @dataclass
-class TrainerConfig:
-    max_steps: int = 1000
-    max_seconds: float | None = None
-    """Wall-clock budget: stop (with a checkpoint) when it runs out, even before ``max_steps``."""
-    anneal_by_time: bool = False
-    """With ``max_seconds``: the LR schedule follows steps or time, whichever is further along, so a run that
-    its time budget stops early still ends with a decayed LR. Single process only (ranks' clocks differ)."""
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.05
-    warmup_steps: int = 100
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
-    log_every: int = 10
-    valid_every: int = 0
-    """0: validate only at the end."""
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    max_nonfinite_steps: int = 20
-    """Steps with a NaN/inf loss or gradient are skipped and counted; past this many training stops."""
-    seed: int = 0
-    device: str = "auto"
-    update_freq: int = 1
-    """Micro-batches per optimizer step (gradient accumulation): the global batch is world size x update_freq
-    batches, so a 1-process run with ``update_freq: N`` matches an N-process run with ``update_freq: 1``."""
-    data_parallel: Literal["ddp", "fsdp"] = "ddp"
-    """Under torchrun: ``ddp`` replicates the model; ``fsdp`` shards parameters, gradients and optimizer state
-    (fairseq2's FSDP2) for models too large to replicate. Ignored in a single process."""
+class StepContext:
+    """What ``before_step`` learns before each optimizer step."""
 
-    def validate(self) -> None:
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not 0 <= self.warmup_steps < self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("checkpoint_every and log_every must be >= 1")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
-        if self.update_freq < 1:
-            raise ValueError(f"update_freq must be >= 1, got {self.update_freq}")
+    step: int
+    """Optimizer steps taken so far (the one about to run is ``step + 1``)."""
+    extras: dict[str, nn.Module]
+    """The extra modules as the step function should call them: DDP-wrapped under torchrun, as given otherwise."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def create_gangs(device: torch.device):
-    """fairseq2 gangs: real ones under torchrun (gloo on CPU, NCCL on GPU), fake single-process ones otherwise."""
-    from fairseq2.gang import ProcessGroupGang, create_fake_gangs, create_parallel_gangs
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return create_fake_gangs(device)
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # a second Trainer in the same process reuses the group
-        return create_parallel_gangs(ProcessGroupGang(dist.group.WORLD, device))
-    gangs = create_parallel_gangs(ProcessGroupGang.create_default_process_group(device))
-    # Destroy the group while the interpreter is still alive: left to static destructors at exit, gloo's worker
-    # threads were sometimes torn down still joinable ("terminate called without an active exception", rank
-    # killed with SIGABRT after training had finished; seen once in tests/test_distributed_recipes.py).
-    atexit.register(_destroy_process_group)
-    return gangs
-
-
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+class TrainingError(UserError):
+    pass
 
 
 def micro_batch_seed(seed: int, step: int, index: int) -> int:
     """The RNG seed of global micro-batch ``index`` (``slot * world_size + rank``) of optimizer step ``step``."""
     return ((seed * 1_000_003 + step) * 65_537 + index) % (1 << 63)
-
-
-def lr_factor(step: int, cfg: TrainerConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1 - progress
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
 
 class Trainer:
@@ -148,13 +87,15 @@ class Trainer:
         out_dir: Path,
         *,
         step_fn: StepFn,
-        batches: Callable[[int, int], Iterable],
+        batches: BatchSource,
         valid_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         param_groups: list[dict] | None = None,
-        extra_state: dict[str, Any] | None = None,
-        before_step: Callable[[int, nn.Module], None] | None = None,
+        extras: Mapping[str, Stateful] | None = None,
+        before_step: Callable[[StepContext], None] | None = None,
         unit: str = "items",
     ) -> None:
+        """``extras``: what the step function trains itself besides the model, by name: modules, their optimizers
+        and schedulers. Their states go into the checkpoint under ``extra/<name>`` and are restored on resume."""
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.device = pick_device(cfg.device)
@@ -163,25 +104,29 @@ class Trainer:
         self.model = model.to(self.device)
         self.step_fn, self.batches, self.valid_fn = step_fn, batches, valid_fn
         self.before_step = before_step
-        self.extra_state = extra_state or {}
+        self.extras = dict(extras or {})
         self.unit = unit
         self.sharded = self.world_size > 1 and cfg.data_parallel == "fsdp"
         self.wrapped = model
-        self._export_template: nn.Module | None = None
+        self._export_template: nn.Module | None = None  # rank 0 under FSDP: an empty copy to export into
         if self.sharded:
             if param_groups is not None:  # FSDP replaces the parameters: groups built from the old ones are stale
                 raise UserError("trainer.data_parallel fsdp: this recipe builds its own parameter groups; use ddp")
-            self.wrapped = self._shard(model)
+            if self.rank == 0:
+                self._export_template = distributed.meta_copy(model)
+            self.wrapped, self.gangs = distributed.shard(model, self.gangs)
         elif self.world_size > 1:
-            from fairseq2.nn.ddp import to_ddp
-
-            self.wrapped = to_ddp(self.model, self.gangs, find_unused_parameters=True)
+            self.wrapped = distributed.replicate(self.model, self.gangs)
         # Built after sharding: FSDP swaps in sharded parameters, which the optimizer must hold.
         params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self._clock: tuple[float, int] | None = None  # (fit start time, step at fit start) for anneal_by_time
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(self._schedule_step(s), cfg))
+        extra_modules = {name: obj.to(self.device) for name, obj in self.extras.items() if isinstance(obj, nn.Module)}
+        self.context = StepContext(0, {
+            name: distributed.replicate_extra(module) if self.world_size > 1 else module
+            for name, module in extra_modules.items()})
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_checkpoints)
         self.metrics = MetricWriter(self.out_dir, enabled=self.rank == 0)
         self.step = 0
@@ -189,40 +134,12 @@ class Trainer:
         self.batch_in_epoch = 0
         self.nonfinite = 0
 
-    def _shard(self, model: nn.Module) -> nn.Module:
-        """fairseq2's FSDP2 over all ranks. Each element of a ``ModuleList`` (transformer layers, conv blocks) is
-        one FSDP unit, gathered just for its own forward and backward; the root unit holds the rest. Only list
-        elements: a module whose weight another uses outside its forward (a tied embedding) must stay in the root."""
-        from fairseq2.gang import create_fsdp_gangs
-        from fairseq2.nn.fsdp import to_fsdp
-
-        if self.rank == 0:  # an empty copy to export the trained model into (see _unshard_for_export)
-            self._export_template = _meta_copy(model)
-        self.gangs = create_fsdp_gangs(self.gangs)
-
-        def applier(module: nn.Module, wrap) -> nn.Module:
-            layers = [layer for sub in module.modules() if isinstance(sub, nn.ModuleList) for layer in sub
-                      if any(p.requires_grad for p in layer.parameters())]
-            for layer in reversed(layers):  # innermost first: FSDP2 shards a module's own, not-yet-sharded params
-                wrap(layer)
-            return wrap(module, reshard_after_forward=False)
-
-        return to_fsdp(model, self.gangs, applier, version="v2")
-
     def _unshard_for_export(self) -> None:
-        """After FSDP training: gather the full weights (all ranks take part) and make :attr:`model` a plain
-        module holding them on rank 0, so recipes export it as they would a single-process model."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.rank != 0 or self._export_template is None:
-            return
-        plain = self._export_template.to_empty(device=self.device)
-        plain.load_state_dict(full)
-        for name, buf in self.model.named_buffers():  # FSDP does not shard buffers; non-persistent ones too
-            if name not in full:
-                plain.get_buffer(name).copy_(buf)
-        self.model = self.wrapped = plain
+        """After FSDP training: make :attr:`model` a plain module holding the gathered weights on rank 0, so
+        recipes export it as they would a single-process model."""
+        plain = distributed.unshard(self.model, self._export_template, self.device)
+        if plain is not None:
+            self.model = self.wrapped = plain
 
     def _schedule_step(self, step: int) -> int:
         cfg = self.cfg
@@ -238,10 +155,7 @@ class Trainer:
         """The checkpoint. Under FSDP a collective: the full model and optimizer state are gathered (to CPU) from
         the shards, so the file looks like a single-process one and loads with any number of ranks."""
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state, optim_state = get_state_dict(self.model, self.optimizer, options=options)
+            model_state, optim_state = distributed.gather_full_state(self.model, self.optimizer)
         else:
             model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
         return {
@@ -251,7 +165,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "nonfinite": self.nonfinite,
             "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
-            "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
+            "extra": {k: v.state_dict() for k, v in self.extras.items()},
             "data_parallel": "fsdp" if self.sharded else "ddp",
         }
 
@@ -266,11 +180,7 @@ class Trainer:
             raise UserError(f"{self.ckpt.path(step)} was written with trainer.data_parallel {saved_by}; resume "
                             "with the same setting")
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-            # Every rank read the full state: each keeps its own shard of it.
-            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+            distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         else:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -279,7 +189,7 @@ class Trainer:
         self.nonfinite = state.get("nonfinite", 0)
         torch.set_rng_state(state["rng"]["torch"].cpu())
         random.setstate((3, tuple(state["rng"]["python"]), None))
-        for key, obj in self.extra_state.items():
+        for key, obj in self.extras.items():
             obj.load_state_dict(state["extra"][key])
         log.info("resumed from %s (step %d)", self.ckpt.path(step), self.step)
         return True
@@ -298,7 +208,7 @@ class Trainer:
     def _batches(self):
         """Endless stream of batches, resuming mid-epoch at the saved position."""
         while True:
-            for batch in self.batches(self.epoch, self.batch_in_epoch):
+            for batch in self.batches(self.epoch, self.batch_in_epoch, rank=self.rank, world_size=self.world_size):
                 self.batch_in_epoch += 1
                 yield batch
             if self.batch_in_epoch == 0:
@@ -322,7 +232,7 @@ class Trainer:
         from fairseq2.nn.data_parallel import get_data_parallel_facade
 
         facade = get_data_parallel_facade(self.wrapped)
-        no_sync = _fsdp2_no_sync if self.sharded else lambda _: facade.no_sync()
+        no_sync = distributed.fsdp2_no_sync if self.sharded else lambda _: facade.no_sync()
         self.wrapped.train()
         self.optimizer.zero_grad(set_to_none=True)
         freq = self.cfg.update_freq
@@ -386,7 +296,8 @@ class Trainer:
         data = self._batches()
         while self.step < cfg.max_steps:
             if self.before_step is not None:
-                self.before_step(self.step, self.model)
+                self.context.step = self.step
+                self.before_step(self.context)
             result = self._train_step(data)
             if result is None:
                 self.nonfinite += 1
@@ -460,33 +371,6 @@ class Trainer:
         if self.rank == 0:
             log.info("valid @ step %d: %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in values.items()))
         return values
-
-
-@contextmanager
-def _fsdp2_no_sync(module: nn.Module) -> Iterator[None]:
-    """Accumulate gradients locally. fairseq2 0.8.1's ``fsdp2_no_sync`` calls ``set_requires_grad_sync``, which
-    torch 2.9 names ``set_requires_gradient_sync``."""
-    module.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose tensors live on the meta device: the structure without a byte of the data.
-    Tensor attributes that are not leaves (e.g. ``torch.nn.utils.weight_norm``'s computed weight, which
-    ``deepcopy`` refuses) get a meta placeholder too; their forward hooks recompute them."""
-    memo: dict[int, Any] = {}
-    for param in model.parameters():
-        memo[id(param)] = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
-    for buf in model.buffers():
-        memo[id(buf)] = torch.empty_like(buf, device="meta")
-    for module in model.modules():
-        for value in vars(module).values():
-            if isinstance(value, Tensor) and id(value) not in memo and not value.is_leaf:
-                memo[id(value)] = torch.empty_like(value.detach(), device="meta")
-    return copy.deepcopy(model, memo)
 
 
 def _fmt(seconds: float) -> str:

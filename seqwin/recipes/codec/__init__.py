@@ -1,4 +1,4 @@
 """FuseCodec recipe: training (``train``), tokenize/detokenize (``tokenize``), evaluation (``evaluate``).
 
-Kept import-free so that ``seqwin --help`` only loads :mod:`seqwin.recipes.codec.entry`'s argument parsers.
+Kept import-free so that ``seqwin --help`` only loads :mod:`seqwin.recipes.codec.cli`'s argument parsers.
 """

@@ -1,12 +1,13 @@
 """``seqwin train codec``: GAN training of the FuseCodec generator with the shared :class:`~seqwin.training.Trainer`.
 
 The trainer owns the generator (the codec: its weights are the checkpoint's ``model``), its AdamW and schedule.
-The discriminators, their AdamW and schedule travel in the trainer's ``extra_state``, so they are checkpointed
-and resumed with everything else. Each step (HiFi-GAN order): generator forward -> discriminator update on the
-detached reconstruction -> generator losses against the updated discriminators, returned to the trainer, which
-does the generator update. The discriminators' parameters are frozen during the generator pass, so the
-generator's backward never touches them. Output: ``OUT/config.yaml``, ``checkpoints/``, ``metrics.jsonl``,
-``tb/``, teacher cache, and ``OUT/codec.pt`` (the exported generator) at the end.
+The discriminators, their AdamW and schedule are the trainer's ``extras``: checkpointed and resumed with
+everything else, and replicated across ranks by the trainer under torchrun. Each step (HiFi-GAN order): generator
+forward -> discriminator update on the detached reconstruction -> generator losses against the updated
+discriminators, returned to the trainer, which does the generator update. The discriminators' parameters are
+frozen during the generator pass, so the generator's backward never touches them. Output: ``OUT/config.yaml``,
+``checkpoints/``, ``metrics.jsonl``, ``tb/``, teacher cache, and ``OUT/codec.pt`` (the exported generator) at
+the end.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from seqwin.models.codec.losses import (
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.data import SegmentBatch, SegmentDataset, read_split
 from seqwin.recipes.codec.teacher_features import TeacherFeatures, teacher_batch_to
-from seqwin.training import Trainer, to_yaml
+from seqwin.training import StepContext, Trainer, to_yaml
 from seqwin.training.checks import check_batches_per_step
-from seqwin.training.trainer import create_gangs, lr_factor, pick_device
+from seqwin.training.distributed import create_gangs, pick_device
+from seqwin.training.trainer_config import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,17 @@ class GanStep:
                  d_sched: torch.optim.lr_scheduler.LRScheduler, teachers: TeacherFeatures, device: torch.device,
                  window: int) -> None:
         self.cfg, self.disc, self.d_opt, self.d_sched = cfg, disc, d_opt, d_sched
-        self.disc_run = disc  # what the discriminator update calls (DDP-wrapped under torchrun)
+        self.disc_run = disc  # what the discriminator update calls: the trainer's DDP-wrapped one under torchrun
         self.teachers, self.device = teachers, device
         self.mel = MultiScaleMelLoss(cfg.model.sample_rate, cfg.mel.ffts, cfg.mel.n_mels).to(device)
         self.step = 0
         self.recent_codes: deque[Tensor] = deque(maxlen=window)
         self.d_skipped = 0
 
-    def before_step(self, step: int, model: nn.Module) -> None:
-        self.step = step
+    def before_step(self, ctx: StepContext) -> None:
+        self.step = ctx.step
+        # Only the discriminator update goes through DDP; the generator pass uses the bare module (frozen).
+        self.disc_run = ctx.extras["discriminator"]
 
     def _teacher_terms(self, out, model_cfg, tb) -> dict[str, Tensor]:
         if out.teacher_pred is None or tb is None:
@@ -194,7 +198,6 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
     teachers.prepare(train_utts)
 
     device = pick_device(cfg.trainer.device)
-    disc.to(device)
     t = cfg.trainer
     d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr or t.lr, betas=t.betas,
                               weight_decay=t.weight_decay)
@@ -204,22 +207,12 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
                              * m.hop_length, hop=m.hop_length, batch_size=d.batch_size, sample_rate=m.sample_rate,
                              seed=d.seed)
     mel_metric = MultiScaleMelLoss(m.sample_rate, cfg.mel.ffts, cfg.mel.n_mels).to(device)
-    trainer: Trainer | None = None
-
-    def batches(epoch: int, skip: int):
-        return dataset.batches(epoch, skip, rank=trainer.rank, world_size=trainer.world_size)
-
     trainer = Trainer(
-        t, model, out_dir, step_fn=step, batches=batches,
+        t, model, out_dir, step_fn=step, batches=dataset.batches,
         valid_fn=(lambda model: validate_codec(model, valid_waves, mel_metric)) if valid_waves else None,
-        extra_state={"discriminator": disc, "d_optimizer": d_opt, "d_scheduler": d_sched},
+        extras={"discriminator": disc, "d_optimizer": d_opt, "d_scheduler": d_sched},
         before_step=step.before_step, unit="samples",
     )
-    if trainer.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # only the discriminator update goes through DDP; the generator pass uses the bare module (frozen)
-        step.disc_run = DistributedDataParallel(disc)
     result = trainer.fit()
     if trainer.rank == 0:
         path = codec_checkpoint.save(out_dir / codec_checkpoint.EXPORT_NAME, trainer.model)

@@ -38,7 +38,7 @@ from seqwin.recipes.lm.data import PackedBatches, load_tokens, split_source
 from seqwin.recipes.lm.scoring import score_stream
 from seqwin.training import Trainer, load_config, to_yaml
 from seqwin.training.config import to_dict
-from seqwin.training.trainer import create_gangs, pick_device
+from seqwin.training.distributed import create_gangs, pick_device
 
 log = logging.getLogger("seqwin.lm")
 
@@ -131,22 +131,18 @@ def run_train(cfg: LMRecipeConfig, out: Path) -> dict[str, float]:
     log.info("LM: %d parameters, %d layers [%s], vocab %d; train %d tokens, valid %d", count_parameters(model),
              cfg.model.num_layers, specs, tok.vocab_size, train_tokens.size, valid_tokens.size)
 
-    trainer: Trainer | None = None
-
-    def batches(epoch: int, skip: int):
-        assert trainer is not None
-        packed = PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed,
-                               trainer.rank, trainer.world_size)
-        return packed(epoch, skip)
+    def batches(epoch: int, skip: int, *, rank: int, world_size: int):
+        return PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed, rank,
+                             world_size)(epoch, skip)
 
     def valid(model: TransformerLM) -> dict[str, float]:
         nll, count = score_stream(model, valid_tokens, context=cfg.data.seq_len, stride=cfg.data.seq_len,
                                   batch_size=cfg.data.batch_size)
         return {"loss": nll / count, "ppl": math.exp(nll / count), "tokens": float(count)}
 
+    PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed, root.rank,
+                  root.size).check_fits()
     trainer = Trainer(cfg.trainer, model, out, step_fn=lm_loss, batches=batches, valid_fn=valid, unit="tokens")
-    PackedBatches(train_tokens, cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.seed, trainer.rank,
-                  trainer.world_size).check_fits()
     result = trainer.fit()
     if trainer.rank == 0:
         path = lm_checkpoint.save(out / lm_checkpoint.EXPORT_NAME, trainer.model, cfg.model, tokenizer=tok,

@@ -28,7 +28,7 @@ from seqwin.errors import UserError
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.checkpoint import ASR_FAMILY, LoadedModel
 from seqwin.models.wav2vec2.factory import set_encoder_attention
-from seqwin.recipes.wav2vec2.common import batch_stream
+from seqwin.recipes.wav2vec2.data import batch_stream
 from seqwin.recipes.wav2vec2.decode import error_rates, greedy_ctc, ids_to_words, letters_to_words
 
 log = logging.getLogger("seqwin.wav2vec2.eval")

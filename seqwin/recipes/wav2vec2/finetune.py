@@ -10,9 +10,8 @@ Outputs as for ``seqwin train ssl``; validation reports dev loss, greedy-decodin
 
 from __future__ import annotations
 
-import argparse
 import logging
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,54 +25,13 @@ from seqwin.errors import UserError
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SSL_FAMILY, SeqwinWav2Vec2AsrConfig, asr_config_from_ssl, asr_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model
-from seqwin.recipes.wav2vec2.common import (
-    DataConfig,
-    ModelSection,
-    audio_seconds,
-    batch_stream,
-    check_batches,
-    check_data_parallel,
-    check_routing_fits,
-    model_device,
-    start_run,
-)
+from seqwin.recipes.wav2vec2.config import AsrRecipeConfig, check_data_parallel, check_routing_fits
+from seqwin.recipes.wav2vec2.data import batch_stream
 from seqwin.recipes.wav2vec2.decode import error_rates, greedy_ctc, ids_to_words, letters_to_words
-from seqwin.training import Trainer, TrainerConfig, load_config, to_yaml
+from seqwin.recipes.wav2vec2.train import audio_seconds, check_batches, model_device, start_run
+from seqwin.training import StepContext, Trainer, to_yaml
 
 log = logging.getLogger("seqwin.wav2vec2.asr")
-
-
-@dataclass
-class InitConfig:
-    ssl_checkpoint: Path | None = None
-    """SSL model to start from: a ``seqwin train ssl`` output (dir or ``model.pt``), a fairseq2 or fairseq1
-    wav2vec2 checkpoint. Its encoder shapes replace the preset's; ``None``: train from scratch."""
-
-
-@dataclass
-class FinetuneConfig:
-    freeze_encoder_steps: int = 0
-    freeze_feature_extractor: bool = False
-
-    def validate(self) -> None:
-        if self.freeze_encoder_steps < 0:
-            raise ValueError(f"freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
-
-
-@dataclass
-class AsrRecipeConfig:
-    model: ModelSection = field(default_factory=lambda: ModelSection(arch="tiny"))
-    init: InitConfig = field(default_factory=InitConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-    def validate(self) -> None:
-        if self.finetune.freeze_encoder_steps >= self.trainer.max_steps:
-            raise ValueError("finetune.freeze_encoder_steps must be < trainer.max_steps")
-        if self.finetune.freeze_encoder_steps and self.trainer.data_parallel == "fsdp":
-            # FSDP swaps in sharded parameters: the recipe's handles on the encoder's ones would go stale.
-            raise ValueError("finetune.freeze_encoder_steps needs trainer.data_parallel ddp")
 
 
 def _ctc_forward(model: nn.Module, batch: AudioBatch) -> tuple[Tensor, Tensor, object]:
@@ -133,7 +91,8 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainable = [p for p in _encoder_params(model) if p.requires_grad]
     freeze_steps = cfg.finetune.freeze_encoder_steps
 
-    def before_step(step: int, m: nn.Module) -> None:
+    def before_step(ctx: StepContext) -> None:
+        step = ctx.step
         frozen = step < freeze_steps
         if trainable and trainable[0].requires_grad == frozen:
             for p in trainable:
@@ -163,8 +122,7 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainer = Trainer(
         cfg.trainer, model, out_dir, step_fn=step_fn, unit="audio_s", valid_fn=valid_fn if valid else None,
         before_step=before_step if freeze_steps else None,
-        batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
-                                                  cfg.data.max_num_frames),
+        batches=partial(batch_stream, train, budget=cfg.data.max_num_frames),
     )
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
@@ -173,7 +131,3 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
         log.info("final model: %s", out_dir / "model.pt")
     return result
 
-
-def train(args: argparse.Namespace) -> int:
-    run(load_config(AsrRecipeConfig, args.config, args.set), Path(args.out_dir))
-    return 0

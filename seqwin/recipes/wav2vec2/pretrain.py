@@ -9,9 +9,8 @@ same command resumes.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,39 +21,12 @@ from seqwin.data.pipeline import AudioBatch
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_model
-from seqwin.recipes.wav2vec2.common import (
-    DataConfig,
-    ModelSection,
-    audio_seconds,
-    batch_stream,
-    check_batches,
-    check_data_parallel,
-    check_routing_fits,
-    model_device,
-    start_run,
-)
-from seqwin.training import Trainer, TrainerConfig, load_config, to_yaml
+from seqwin.recipes.wav2vec2.config import SslRecipeConfig, check_data_parallel, check_routing_fits
+from seqwin.recipes.wav2vec2.data import batch_stream
+from seqwin.recipes.wav2vec2.train import audio_seconds, check_batches, model_device, start_run
+from seqwin.training import StepContext, Trainer, to_yaml
 
 log = logging.getLogger("seqwin.wav2vec2.ssl")
-
-
-@dataclass
-class SslLossConfig:
-    diversity_weight: float = 0.1
-    features_penalty_weight: float | None = None
-    """``None``: 10 for the conv frontend (as in the paper), 0 for log-mel (its features are not learned)."""
-
-    def validate(self) -> None:
-        if self.diversity_weight < 0 or (self.features_penalty_weight or 0) < 0:
-            raise ValueError("loss weights must be >= 0")
-
-
-@dataclass
-class SslRecipeConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: SslLossConfig = field(default_factory=SslLossConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def _penalty_weight(cfg: SslRecipeConfig, model_cfg: SeqwinWav2Vec2Config) -> float:
@@ -98,8 +70,8 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     diversity, penalty = cfg.loss.diversity_weight, _penalty_weight(cfg, model_cfg)
     current_step = [0]
 
-    def before_step(step: int, m: nn.Module) -> None:
-        current_step[0] = step
+    def before_step(ctx: StepContext) -> None:
+        current_step[0] = ctx.step
 
     def step_fn(m: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, float]:
         # The Gumbel temperature follows optimizer steps (as fairseq's set_num_updates), not forward passes:
@@ -127,8 +99,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     trainer = Trainer(
         cfg.trainer, model, out_dir, step_fn=step_fn, unit="audio_s", valid_fn=valid_fn if valid else None,
         before_step=before_step,
-        batches=lambda epoch, skip: batch_stream(train, epoch, skip, trainer.rank, trainer.world_size,
-                                                  cfg.data.max_num_frames),
+        batches=partial(batch_stream, train, budget=cfg.data.max_num_frames),
     )
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
@@ -137,7 +108,3 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
         log.info("final model: %s", out_dir / "model.pt")
     return result
 
-
-def train(args: argparse.Namespace) -> int:
-    run(load_config(SslRecipeConfig, args.config, args.set), Path(args.out_dir))
-    return 0

@@ -1,20 +1,43 @@
-"""``seqwin train asr`` and ``seqwin eval asr``: argument parsing only (recipes are imported when they run)."""
+"""``seqwin train ssl``, ``seqwin train asr`` and ``seqwin eval asr``: argument parsing only (the recipes are
+imported when they run)."""
 
 from __future__ import annotations
 
 import argparse
-
-from seqwin.recipes.wav2vec2.ssl_cli import add_common_train_args
-
-
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    add_common_train_args(parser, "recipes/wav2vec2/asr/mini.yaml")
+from pathlib import Path
 
 
-def train(args: argparse.Namespace) -> int:
-    from seqwin.recipes.wav2vec2.finetune import train as run
+def _add_train_args(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--config", type=Path, required=True, help=f"recipe YAML, e.g. {example}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (YAML syntax), e.g. trainer.max_steps=100; repeatable")
+    parser.add_argument("out_dir", metavar="OUT", help="output directory (re-run the same command to resume)")
 
-    return run(args)
+
+def add_ssl_args(parser: argparse.ArgumentParser) -> None:
+    _add_train_args(parser, "recipes/wav2vec2/ssl/mini.yaml")
+
+
+def train_ssl(args: argparse.Namespace) -> int:
+    from seqwin.recipes.wav2vec2.config import SslRecipeConfig
+    from seqwin.recipes.wav2vec2.pretrain import run
+    from seqwin.training import load_config
+
+    run(load_config(SslRecipeConfig, args.config, args.set), Path(args.out_dir))
+    return 0
+
+
+def add_asr_args(parser: argparse.ArgumentParser) -> None:
+    _add_train_args(parser, "recipes/wav2vec2/asr/mini.yaml")
+
+
+def train_asr(args: argparse.Namespace) -> int:
+    from seqwin.recipes.wav2vec2.config import AsrRecipeConfig
+    from seqwin.recipes.wav2vec2.finetune import run
+    from seqwin.training import load_config
+
+    run(load_config(AsrRecipeConfig, args.config, args.set), Path(args.out_dir))
+    return 0
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:

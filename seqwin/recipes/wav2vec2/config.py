@@ -1,26 +1,20 @@
-"""Pieces both wav2vec2 recipes share: the model and data sections of a recipe config, datasets, batch streams."""
+"""The wav2vec2 recipes' YAML schemas (``recipes/wav2vec2/{ssl,asr}/*.yaml``): ``seqwin train ssl`` and ``seqwin
+train asr`` configs, their shared model and data sections, and the checks that need more than one section."""
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
-import os
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-from fairseq2.data.data_pipeline import read_sequence
-
 from seqwin.data.errors import DataError
-from seqwin.data.pipeline import AudioBatch, AudioManifestDataset, AudioReaderConfig
+from seqwin.data.pipeline import AudioManifestDataset, AudioReaderConfig
 from seqwin.errors import UserError
-from seqwin.models.wav2vec2.checkpoint import same_model
+from seqwin.training import TrainerConfig
 from seqwin.training.config import ConfigError, from_dict, to_dict
 
-log = logging.getLogger("seqwin.wav2vec2")
 C = TypeVar("C")
 
 
@@ -97,38 +91,6 @@ class DataConfig:
             raise UserError(str(exc)) from None
 
 
-def split_batches(batches: list[list[int]], lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Cut each batch (indices in ascending length) so that ``size x longest <= budget``; an utterance longer
-    than ``budget`` stays, alone, in a batch of its own."""
-    out: list[list[int]] = []
-    for batch in batches:
-        current: list[int] = []
-        for i in batch:
-            if current and (len(current) + 1) * int(lengths[i]) > budget:
-                out.append(current)
-                current = []
-            current.append(i)
-        out.append(current)
-    return out
-
-
-def epoch_batches(dataset: AudioManifestDataset, epoch: int, budget: int | None = None) -> list[list[int]]:
-    batches = dataset.batches(epoch)
-    return batches if budget is None else split_batches(batches, dataset.lengths, budget)
-
-
-def batch_stream(dataset: AudioManifestDataset, epoch: int, skip: int, rank: int = 0, world_size: int = 1,
-                 budget: int | None = None) -> Iterator[AudioBatch]:
-    """This rank's batches of ``epoch`` after the first ``skip`` (the trainer's resume position), decoded in a
-    background fairseq2 pipeline. Skipped batches are never decoded."""
-    batches = epoch_batches(dataset, epoch, budget)
-    batches = batches[: len(batches) - len(batches) % world_size][rank::world_size][skip:]
-    if not batches:
-        return iter(())
-    builder = read_sequence(batches).map(dataset.load_batch, num_parallel_calls=dataset.config.num_parallel_calls)
-    return iter(builder.prefetch(2).and_return())
-
-
 def samples_per_frame(model_cfg: Any) -> int:
     """Waveform samples per encoder frame of a seqwin wav2vec2 (SSL or CTC) config."""
     if model_cfg.frontend.kind == "logmel":
@@ -158,34 +120,53 @@ def check_data_parallel(model_cfg: Any, data_parallel: str) -> None:
                           "fsdp every rank must run the same layers; set it to 0")
 
 
-def check_batches(dataset: AudioManifestDataset, data: DataConfig, world_size: int) -> None:
-    """Every rank needs a batch: rank ``r`` takes batches ``r, r + world_size, ...`` of an epoch."""
-    num = len(epoch_batches(dataset, 0, data.max_num_frames))
-    if num < world_size:
-        raise ConfigError(f"data.max_num_frames ({data.max_num_frames}) packs the {len(dataset)} training "
-                          f"utterances into {num} batch(es), fewer than the {world_size} processes: some would get "
-                          "no batch; lower data.max_num_frames (or data.max_batch_size)")
+@dataclass
+class SslLossConfig:
+    diversity_weight: float = 0.1
+    features_penalty_weight: float | None = None
+    """``None``: 10 for the conv frontend (as in the paper), 0 for log-mel (its features are not learned)."""
+
+    def validate(self) -> None:
+        if self.diversity_weight < 0 or (self.features_penalty_weight or 0) < 0:
+            raise ValueError("loss weights must be >= 0")
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+@dataclass
+class SslRecipeConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: SslLossConfig = field(default_factory=SslLossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def start_run(out_dir: Path, recipe_yaml: str, model_yaml: str) -> None:
-    """Write ``config.yaml`` (the recipe) and ``model.yaml`` (what the model loader needs) into ``out_dir``.
-
-    Resuming (checkpoints present) with a different *model* is refused: the weights would not fit. Trainer or
-    data changes are allowed (e.g. a larger ``max_steps`` to continue a finished run)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / "model.yaml"
-    resuming = any((out_dir / "checkpoints").glob("step_*.pt"))
-    if resuming and model_path.exists() and not same_model(model_path.read_text(), model_yaml):
-        raise UserError(f"{out_dir} holds checkpoints of another model ({model_path}); use a new output directory")
-    for name, text in (("config.yaml", recipe_yaml), ("model.yaml", model_yaml)):
-        tmp = out_dir / f".{name}.tmp.{os.getpid()}"  # every rank writes: one temporary file each
-        tmp.write_text(text)
-        tmp.replace(out_dir / name)
+@dataclass
+class InitConfig:
+    ssl_checkpoint: Path | None = None
+    """SSL model to start from: a ``seqwin train ssl`` output (dir or ``model.pt``), a fairseq2 or fairseq1
+    wav2vec2 checkpoint. Its encoder shapes replace the preset's; ``None``: train from scratch."""
 
 
-def audio_seconds(batch: AudioBatch, sample_rate: int = 16000) -> float:
-    return float(batch.seq_lens.sum()) / sample_rate
+@dataclass
+class FinetuneConfig:
+    freeze_encoder_steps: int = 0
+    freeze_feature_extractor: bool = False
+
+    def validate(self) -> None:
+        if self.freeze_encoder_steps < 0:
+            raise ValueError(f"freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
+
+
+@dataclass
+class AsrRecipeConfig:
+    model: ModelSection = field(default_factory=lambda: ModelSection(arch="tiny"))
+    init: InitConfig = field(default_factory=InitConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self) -> None:
+        if self.finetune.freeze_encoder_steps >= self.trainer.max_steps:
+            raise ValueError("finetune.freeze_encoder_steps must be < trainer.max_steps")
+        if self.finetune.freeze_encoder_steps and self.trainer.data_parallel == "fsdp":
+            # FSDP swaps in sharded parameters: the recipe's handles on the encoder's ones would go stale.
+            raise ValueError("finetune.freeze_encoder_steps needs trainer.data_parallel ddp")
