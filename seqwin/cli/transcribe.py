@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 
+from seqwin.recipes.wav2vec2.cli import add_beam_search_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("transcribe", help="speech -> text (files, folders, manifests or a live stream)",
@@ -56,12 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, help="attention heads of an imported checkpoint whose config does not say")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    lm = p.add_argument_group("beam search with a word n-gram LM (needs flashlight-text)")
-    lm.add_argument("--lm", metavar="LM", help="an ARPA file, or transcripts (.wrd/.txt) to estimate one from")
-    lm.add_argument("--lm-order", type=int, default=3, help="n-gram order when estimating from text (default 3)")
-    lm.add_argument("--beam-size", type=int, default=50)
-    lm.add_argument("--lm-weight", type=float, default=2.0)
-    lm.add_argument("--word-score", type=float, default=0.0, help="score added per emitted word")
+    add_beam_search_args(p)
     p.set_defaults(func=_run)
 
 

@@ -59,6 +59,11 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-frames", type=int, default=1_600_000,
                         help="padded samples per batch (default: 100 s of 16 kHz audio)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_beam_search_args(parser)
+
+
+def add_beam_search_args(parser: argparse.ArgumentParser) -> None:
+    """CTC beam search with a word n-gram LM: ``eval asr`` and ``transcribe``."""
     lm = parser.add_argument_group("beam search with a word n-gram LM (needs flashlight-text)")
     lm.add_argument("--lm", metavar="LM", help="an ARPA file, or transcripts (.wrd/.txt) to estimate one from")
     lm.add_argument("--lm-order", type=int, default=3, help="n-gram order when estimating from text (default 3)")
