@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from seqwin import __version__
-from seqwin.cli import codec, generate, prepare, tasks, transcribe, windowize
+from seqwin.cli import codec, generate, import_hf, prepare, tasks, transcribe, windowize
 from seqwin.errors import UserError
 
 # Each entry adds its subcommand(s) to the top-level parser.
-_COMMANDS = [prepare, tasks, codec, generate, windowize, transcribe]
+_COMMANDS = [prepare, tasks, codec, generate, windowize, transcribe, import_hf]
 
 log = logging.getLogger("seqwin")
 
