@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqwin.cli import codec, generate, prepare, transcribe, windowize
+from seqwin.cli import codec, generate, import_hf, prepare, transcribe, windowize
 from seqwin.recipes.codec import cli as codec_recipe
 from seqwin.recipes.lm import cli as lm_recipe
 from seqwin.recipes.wav2vec2 import cli as wav2vec2_recipe
@@ -65,6 +65,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None] | Family] = {
     "detokenize": codec.add_detokenize_parser,
     "generate": generate.add_parser,
     "windowize": windowize.add_parser,
+    "import": import_hf.add_parser,
 }
 
 

@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="AUDIO", help="audio files, folders, .tsv manifests, or - (stdin PCM)")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a `seqwin train asr` output (dir or model.pt), or a fairseq2 / fairseq (v1) wav2vec2 CTC "
-                        "checkpoint")
+                   help="a `seqwin train asr` output (dir or model.pt), a fairseq2 / fairseq (v1) wav2vec2 CTC "
+                        "checkpoint, or a Hugging Face Wav2Vec2ForCTC folder")
     p.add_argument("-o", "--out", metavar="OUT", help="output file (txt, json) or folder (srt); default stdout")
     p.add_argument("--format", choices=("txt", "json", "srt"), default="txt", help="default txt")
     p.add_argument("--chunk-seconds", type=float, default=30.0,

@@ -4,10 +4,10 @@
     seqwin windowize --window 64,64 --layers 0,1,2 CKPT OUT.pt
     seqwin windowize --window full CKPT OUT.pt              import only (dense attention, as trained)
 
-CKPT: a seqwin model or training directory, a fairseq2 wav2vec2 / wav2vec2_asr checkpoint, or a fairseq (v1)
-wav2vec 2.0 checkpoint (pretraining or CTC fine-tuning). Only the attention pattern changes -- the projections
-are shared by every kind -- so OUT evaluates and fine-tunes like the input; fine-tuning briefly with the window
-usually recovers most of what the window costs.
+CKPT: a seqwin model or training directory, a fairseq2 wav2vec2 / wav2vec2_asr checkpoint, a fairseq (v1)
+wav2vec 2.0 checkpoint (pretraining or CTC fine-tuning), or a Hugging Face wav2vec2 folder (see `seqwin import
+hf`). Only the attention pattern changes -- the projections are shared by every kind -- so OUT evaluates and
+fine-tunes like the input; fine-tuning briefly with the window usually recovers most of what the window costs.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--dict has {len(dictionary)} symbols, the CTC head "
                             f"{loaded.config.model.target_vocab_size}")
     out = Path(args.out)
-    checkpoint.save(out, loaded.model, loaded.config, dictionary=dictionary)
+    checkpoint.save(out, loaded.model, loaded.config, dictionary=dictionary, normalize=loaded.normalize)
     print(f"{args.checkpoint} ({loaded.source} {loaded.family}) -> {out}: {changed} layer(s) changed, attention "
           f"{loaded.config.attention.describe(enc.num_encoder_layers, enc.num_encoder_attn_heads)}")
     return 0

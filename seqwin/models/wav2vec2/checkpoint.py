@@ -1,25 +1,29 @@
 """Model files: seqwin's (the :mod:`seqwin.io.model_file` envelope), and import of fairseq2 and fairseq (v1)
-checkpoints.
+checkpoints and Hugging Face ``transformers`` folders.
 
 seqwin format (``model.pt``): format ``seqwin.wav2vec2`` (self-supervised) or ``seqwin.wav2vec2_asr`` (CTC), the
 ``SeqwinWav2Vec2Config`` / ``SeqwinWav2Vec2AsrConfig`` as config, extras ``{"dictionary": [symbols]}`` for a CTC
-model whose letters are known. ``model.yaml`` beside a run's training checkpoints is the same header without the
-weights. Files and ``model.yaml`` written before the envelope (``{"seqwin_family": ..., "config": ...,
-"model": ..., "dictionary": ...}``) still load.
+model whose letters are known and ``{"normalize": true}`` for a model that expects per-utterance zero mean, unit
+variance waveforms (the recipes' ``data.normalize``). ``model.yaml`` beside a run's training checkpoints is the
+same header without the weights. Files and ``model.yaml`` written before the envelope (``{"seqwin_family": ...,
+"config": ..., "model": ..., "dictionary": ...}``) still load.
 
 :func:`load` accepts
 - a seqwin model file, or a recipe output directory (``model.pt``, else ``model.yaml`` + the newest
   ``checkpoints/step_*.pt``), or one ``step_*.pt`` of such a directory;
 - a fairseq2 wav2vec2 / wav2vec2_asr checkpoint (fairseq2 key names, ``{"model": ...}`` or bare);
-- a fairseq (v1) wav2vec 2.0 pretraining or CTC fine-tuning checkpoint.
-For the last two the architecture is read from the weights' shapes (layers, widths, conv kernels, vocabulary)
-plus the fairseq1 config when the file has one (heads, norm order, conv strides); ``heads`` overrides the head
-count when neither says (default ``model_dim // 64``, true of every published wav2vec 2.0).
+- a fairseq (v1) wav2vec 2.0 pretraining or CTC fine-tuning checkpoint;
+- a Hugging Face wav2vec2 folder (``config.json`` + weights; :mod:`~seqwin.models.wav2vec2.hf`).
+For fairseq2 and fairseq (v1) checkpoints the architecture is read from the weights' shapes (layers, widths, conv
+kernels, vocabulary) plus the fairseq1 config when the file has one (heads, norm order, conv strides); ``heads``
+overrides the head count when neither says (default ``model_dim // 64``, true of every published wav2vec 2.0). A
+Hugging Face folder's ``config.json`` says everything.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +45,7 @@ from seqwin.io.model_file import (
     read_model_file,
     write_model_file,
 )
-from seqwin.models.wav2vec2 import fairseq1
+from seqwin.models.wav2vec2 import fairseq1, hf
 from seqwin.models.wav2vec2.config import (
     ASR_FAMILY,
     SSL_FAMILY,
@@ -52,7 +56,9 @@ from seqwin.models.wav2vec2.config import (
 )
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_asr_model, create_seqwin_wav2vec2_model
 
-__all__ = ["ASR_FAMILY", "SSL_FAMILY", "LoadedModel", "ModelLoadError", "load", "model_yaml", "save"]
+__all__ = ["ASR_FAMILY", "SSL_FAMILY", "LoadedModel", "ModelLoadError", "import_hf", "load", "model_yaml", "save"]
+
+log = logging.getLogger("seqwin.wav2vec2")
 
 _PRETRAINING_ONLY = re.compile(r"^w2v_encoder\.w2v_model\.(quantizer|project_q|final_proj|target_glu)\.")
 AnyConfig = SeqwinWav2Vec2Config | SeqwinWav2Vec2AsrConfig
@@ -69,13 +75,18 @@ class LoadedModel:
     model: nn.Module
     """In eval mode, on the CPU."""
     source: str
-    """What was read: ``seqwin``, ``seqwin-training``, ``fairseq2`` or ``fairseq1``."""
+    """What was read: ``seqwin``, ``seqwin-training``, ``fairseq2``, ``fairseq1`` or ``hf``."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dictionary(self) -> list[str] | None:
         """The CTC letters, if the file has them."""
         return self.extras.get("dictionary")
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the model expects per-utterance zero mean, unit variance waveforms."""
+        return bool(self.extras.get("normalize"))
 
 
 def family_of(config: AnyConfig) -> str:
@@ -88,8 +99,9 @@ def create_model(config: AnyConfig) -> nn.Module:
     return create_seqwin_wav2vec2_model(config)
 
 
-def _extras(dictionary: list[str] | None) -> dict[str, Any]:
-    return {} if dictionary is None else {"dictionary": list(dictionary)}
+def _extras(dictionary: list[str] | None, normalize: bool = False) -> dict[str, Any]:
+    # a false ``normalize`` is left out: files of models that take raw waveforms stay as they always were
+    return ({} if dictionary is None else {"dictionary": list(dictionary)}) | ({"normalize": True} if normalize else {})
 
 
 def model_yaml(config: AnyConfig, dictionary: list[str] | None = None) -> str:
@@ -105,8 +117,9 @@ def same_model(yaml_a: str, yaml_b: str) -> bool:
     return _header(yaml.safe_load(yaml_a), "model.yaml") == _header(yaml.safe_load(yaml_b), "model.yaml")
 
 
-def save(path: Path, model: nn.Module, config: AnyConfig, *, dictionary: list[str] | None = None) -> Path:
-    return write_model_file(path, FORMATS[family_of(config)], to_dict(config), model, _extras(dictionary))
+def save(path: Path, model: nn.Module, config: AnyConfig, *, dictionary: list[str] | None = None,
+         normalize: bool = False) -> Path:
+    return write_model_file(path, FORMATS[family_of(config)], to_dict(config), model, _extras(dictionary, normalize))
 
 
 def _header(header: Any, where: Path | str) -> tuple[str, dict, dict]:
@@ -148,6 +161,8 @@ def _optional(key: str) -> bool:
 
 
 def load(path: Path, *, heads: int | None = None) -> LoadedModel:
+    if hf.is_hf_folder(path):
+        return import_hf(path)
     found = read_model_file(path, FAMILY, load=fairseq1.read_checkpoint,
                             foreign=lambda data, where: _import(data, where, heads))
     if isinstance(found, LoadedModel):
@@ -158,6 +173,18 @@ def load(path: Path, *, heads: int | None = None) -> LoadedModel:
     load_weights(model, found.model, found.where, _optional)
     return LoadedModel(family, config, model.eval(), "seqwin" if found.step is None else "seqwin-training",
                        found.extras)
+
+
+def import_hf(folder: Path) -> LoadedModel:
+    """A Hugging Face wav2vec2 folder -> a seqwin model with dense attention (as trained)."""
+    found = hf.read_folder(Path(folder))
+    model = create_model(found.config)
+    load_weights(model, found.state, folder, lambda key: _optional(key) or key.startswith(found.fresh))
+    if found.fresh:
+        log.warning("%s (%s) has no weights for %s: freshly initialized (the encoder is the checkpoint's)", folder,
+                    found.architecture, ", ".join(p.rstrip(".") for p in found.fresh))
+    return LoadedModel(family_of(found.config), found.config, model.eval(), "hf",
+                       _extras(found.dictionary, found.normalize))
 
 
 def _import(data: Any, path: Path, heads: int | None) -> LoadedModel:

@@ -42,8 +42,8 @@ def train_asr(args: argparse.Namespace) -> int:
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a `seqwin train asr` output (dir or model.pt), or a fairseq2 / fairseq (v1) "
-                             "wav2vec2 CTC checkpoint")
+                        help="a `seqwin train asr` output (dir or model.pt), a fairseq2 / fairseq (v1) "
+                             "wav2vec2 CTC checkpoint, or a Hugging Face Wav2Vec2ForCTC folder")
     parser.add_argument("--data", nargs="+", required=True, metavar="DATA",
                         help="manifests (<split>.tsv with .wrd or .ltr beside) or LibriSpeech split directories")
     parser.add_argument("out_dir", metavar="OUT", nargs="?",

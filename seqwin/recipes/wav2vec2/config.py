@@ -143,7 +143,9 @@ class SslRecipeConfig:
 class InitConfig:
     ssl_checkpoint: Path | None = None
     """SSL model to start from: a ``seqwin train ssl`` output (dir or ``model.pt``), a fairseq2 or fairseq1
-    wav2vec2 checkpoint. Its encoder shapes replace the preset's; ``None``: train from scratch."""
+    wav2vec2 checkpoint, a Hugging Face wav2vec2 folder. Its encoder shapes replace the preset's, and so does its
+    attention (e.g. the windows ``seqwin windowize`` gave it) unless ``model.config`` sets ``attention``;
+    ``None``: train from scratch."""
 
 
 @dataclass

@@ -64,8 +64,9 @@ def resolve_data(items: list[Path], out_dir: Path) -> list[EvalSplit]:
     return splits
 
 
-def open_split(split: EvalSplit, max_num_frames: int) -> tuple[AudioManifestDataset, bool]:
-    """Dataset over every utterance of ``split``; the flag says whether its labels are ``.ltr`` (no ``.wrd``)."""
+def open_split(split: EvalSplit, max_num_frames: int, normalize: bool = False) -> tuple[AudioManifestDataset, bool]:
+    """Dataset over every utterance of ``split``; the flag says whether its labels are ``.ltr`` (no ``.wrd``).
+    ``normalize``: per-utterance zero mean, unit variance waveforms, for models trained on those."""
     try:
         _, entries = read_manifest(split.manifest)
         longest = max((e.num_samples for e in entries), default=1)
@@ -75,7 +76,7 @@ def open_split(split: EvalSplit, max_num_frames: int) -> tuple[AudioManifestData
         budget = max(max_num_frames, longest)  # nothing is skipped; batch_stream re-splits to max_num_frames
         # strict: a WER over fewer utterances than the split has would not be comparable with published numbers.
         config = AudioReaderConfig(max_num_frames=budget, max_audio_len=budget, target=target, shuffle=False,
-                                   strict=True)
+                                   strict=True, normalize=normalize)
         return AudioManifestDataset(split.manifest, config), target == "ltr"
     except DataError as exc:
         raise UserError(str(exc)) from None
@@ -103,19 +104,20 @@ def parse_window(text: str) -> tuple[int, int]:
 def evaluate_model(loaded: LoadedModel, symbols: list[str], splits: list[EvalSplit], out_dir: Path,
                    max_num_frames: int, device: torch.device, checkpoint: str = "",
                    beam: Callable[[Tensor, list[int]], list[str]] | None = None) -> dict:
-    """Decode every split (greedy, or ``beam``: logits + lengths -> transcripts) and score it."""
+    """Decode every split (greedy, or ``beam``: logits + lengths -> transcripts) and score it; waveforms are
+    normalized when the model expects it (``loaded.normalize``)."""
     model = loaded.model.to(device).eval()
     enc = loaded.config.model.encoder_config
     summary: dict = {
         "checkpoint": checkpoint, "family": loaded.family, "source": loaded.source,
-        "decoding": "greedy" if beam is None else "beam search + word LM",
+        "decoding": "greedy" if beam is None else "beam search + word LM", "normalize": loaded.normalize,
         "attention": loaded.config.attention.describe(enc.num_encoder_layers, enc.num_encoder_attn_heads),
         "splits": {},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for split in splits:
-        dataset, ltr = open_split(split, max_num_frames)
+        dataset, ltr = open_split(split, max_num_frames, loaded.normalize)
         ids, refs, hyps, audio, start = [], [], [], 0.0, time.monotonic()
         with torch.inference_mode():
             for batch in batch_stream(dataset, 0, 0, budget=max_num_frames):
@@ -146,9 +148,12 @@ def evaluate_model(loaded: LoadedModel, symbols: list[str], splits: list[EvalSpl
 
 def evaluate(args: argparse.Namespace) -> int:
     from seqwin.data.manifest import CharDictionary
+    from seqwin.recipes.wav2vec2.transcribe import trained_with_normalize
 
     out_dir = Path(args.out_dir)
     loaded = wav2vec2_checkpoint.load(Path(args.checkpoint), heads=args.heads)
+    if trained_with_normalize(Path(args.checkpoint)):  # a training run's checkpoint: its data.normalize
+        loaded.extras["normalize"] = True
     if loaded.family != ASR_FAMILY:
         raise UserError(f"--checkpoint {args.checkpoint}: a pretrained (SSL) model has no CTC head; fine-tune it "
                         "with `seqwin train asr` first")

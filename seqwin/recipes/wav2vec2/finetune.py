@@ -1,4 +1,5 @@
-"""wav2vec 2.0 CTC fine-tuning on letters, from an SSL checkpoint (seqwin, fairseq2 or fairseq1) or from scratch.
+"""wav2vec 2.0 CTC fine-tuning on letters, from an SSL checkpoint (seqwin, fairseq2, fairseq1 or a Hugging Face
+folder) or from scratch.
 
 ``seqwin train asr --config recipes/wav2vec2/asr/<name>.yaml [--set key=value ...] OUT``. As in the paper's
 recipes the encoder can be frozen for the first ``finetune.freeze_encoder_steps`` steps (only the CTC head
@@ -10,6 +11,7 @@ Outputs as for ``seqwin train ssl``; validation reports dev loss, greedy-decodin
 
 from __future__ import annotations
 
+import copy
 import logging
 from functools import partial
 from pathlib import Path
@@ -50,6 +52,11 @@ def build_model(cfg: AsrRecipeConfig, vocab_size: int) -> tuple[SeqwinWav2Vec2As
             raise UserError(f"init.ssl_checkpoint: {cfg.init.ssl_checkpoint} is a {ssl.family} model, "
                             "expected a pretrained (SSL) wav2vec2 model")
         model_cfg = asr_config_from_ssl(ssl.config, model_cfg)
+        if "attention" not in cfg.model.config:
+            model_cfg.attention = copy.deepcopy(ssl.config.attention)
+        if ssl.normalize and not cfg.data.normalize:
+            log.warning("init.ssl_checkpoint %s was trained on normalized waveforms; data.normalize is false",
+                        cfg.init.ssl_checkpoint)
     model_cfg.model.target_vocab_size = vocab_size
     model = create_seqwin_wav2vec2_asr_model(model_cfg)
     if ssl is not None:
@@ -127,7 +134,8 @@ def run(cfg: AsrRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
-        wav2vec2_checkpoint.save(out_dir / "model.pt", trainer.model, model_cfg, dictionary=symbols)
+        wav2vec2_checkpoint.save(out_dir / "model.pt", trainer.model, model_cfg, dictionary=symbols,
+                                 normalize=cfg.data.normalize)
         log.info("final model: %s", out_dir / "model.pt")
     return result
 

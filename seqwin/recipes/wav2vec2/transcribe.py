@@ -235,8 +235,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded, symbols = load_asr(args)
-    if not options.normalize and trained_with_normalize(Path(args.checkpoint)):
-        log.info("the model was trained with data.normalize: normalising each input's waveform")
+    if not options.normalize and (loaded.normalize or trained_with_normalize(Path(args.checkpoint))):
+        log.info("the model was trained on normalized waveforms: normalising each input's waveform")
         options.normalize = True
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     with ExitStack() as stack:
