@@ -49,6 +49,15 @@ CORE = textwrap.dedent("""
         torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     out.sum().backward()
 
+    for backend in ("cpu", "blocked"):
+        out = attn.pooled_attention(q, k, v, pool_size=4, causal=True, window=(3, 0), seq_lens=seq_lens,
+                                    backend=backend)
+        want = attn.pooled_attention_reference(q, k, v, pool_size=4, causal=True, window=(3, 0), seq_lens=seq_lens)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    pooled = attn.PooledKVCache(4, 3)
+    assert pooled.step(q[:, :9].detach(), k[:, :9].detach(), v[:, :9].detach()).shape == (b, 9, h, d)
+
     router = attn.KMeansRouter(h, d, 3)
     for causal in (False, True):
         out, aux = attn.routing_attention(q, k, v, router, causal=causal)

@@ -13,7 +13,7 @@ import yaml
 from fairseq2.nn import BatchLayout
 
 from seqwin.attention import AttentionSpec, LayerAttentionConfig
-from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
+from seqwin.attention.fairseq2 import MixedSDPA, SlidingWindowSDPA
 from seqwin.cli.main import main as seqwin
 from seqwin.models.lm import Decoder, create_lm_model, decoding_session
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
@@ -160,7 +160,7 @@ def test_old_wav2vec2_model_file_loads_and_computes_the_same():
     assert attention.describe(4, 4) == ("1 x full + 1 x local[(1,1),(2,2),(4,0),(0,4)] + 1 x local(4,4) + "
                                         "1 x mixed(2x(3,3)+2xrouting)")
     sdpas = [layer.self_attn.sdpa for layer in loaded.model.encoder.layers]
-    assert isinstance(sdpas[1], SlidingWindowSDPA) and isinstance(sdpas[3], RoutingSDPA)
+    assert isinstance(sdpas[1], SlidingWindowSDPA) and isinstance(sdpas[3], MixedSDPA)
     io = torch.load(DATA / "wav2vec2_asr_old_attention_io.pt", weights_only=True)
     model = loaded.model.eval()
     with torch.no_grad():

@@ -8,7 +8,7 @@ from fairseq2.nn import BatchLayout
 from lm_helpers import tiny_lm, tiny_lm_config
 
 from seqwin.attention import AttentionSpec, LayerAttentionConfig
-from seqwin.attention.fairseq2 import StatefulRoutingSDPA, attention_layers, collect_aux_losses
+from seqwin.attention.fairseq2 import StatefulMixedSDPA, attention_layers, collect_aux_losses
 from seqwin.models.lm import (
     Decoder,
     LMConfig,
@@ -76,8 +76,8 @@ def test_decoding_session_restores_the_model():
     model = _model("mixed_top")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with decoding_session(model):
-        assert any(isinstance(attn.sdpa, StatefulRoutingSDPA) for _, attn in attention_layers(model))
-    assert not any(isinstance(attn.sdpa, StatefulRoutingSDPA) for _, attn in attention_layers(model))
+        assert any(isinstance(attn.sdpa, StatefulMixedSDPA) for _, attn in attention_layers(model))
+    assert not any(isinstance(attn.sdpa, StatefulMixedSDPA) for _, attn in attention_layers(model))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 

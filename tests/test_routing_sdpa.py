@@ -1,4 +1,4 @@
-"""AttentionSpec config, RoutingSDPA vs the references, inside real fairseq2 layers, aux losses, decoding."""
+"""AttentionSpec config, MixedSDPA vs the references, inside real fairseq2 layers, aux losses, decoding."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fairseq2.nn import BatchLayout, IncrementalStateBag, StandardLayerNorm
 from fairseq2.utils.structured import StandardValueConverter
 
 from seqwin.attention import AttentionSpec, LayerAttentionConfig, expand_attention_specs
-from seqwin.attention.fairseq2 import RoutingSDPA, collect_aux_losses
+from seqwin.attention.fairseq2 import MixedSDPA, collect_aux_losses
 from seqwin.attention.reference import sliding_window_attention_reference
 from seqwin.attention.routing import routing_attention, routing_attention_reference
 
@@ -42,7 +42,7 @@ def test_spec_yaml_round_trip_and_expansion():
     assert layers[1].head_windows == [(3, 0), (7, 0), (1, 0), (15, 0)] and layers[2].head_windows is None
     specs = expand_attention_specs(3, MIXED, overrides={-1: AttentionSpec(kind="routing", num_clusters=8)})
     assert [s.kind for s in specs] == ["mixed", "mixed", "routing"]
-    assert MIXED.head_split(4) == (2, 2) and AttentionSpec(kind="routing").head_split(6) == (0, 6)
+    assert MIXED.head_split(4) == (2, 0, 2) and AttentionSpec(kind="routing").head_split(6) == (0, 0, 6)
     for bad in (
         dict(kind="mixed", routing_heads=0),
         dict(kind="local", window=(4, 2), causal=True),
@@ -67,7 +67,7 @@ def test_sdpa_heads_match_references(causal):
         group_size=6,
         causal=causal,
     )
-    sdpa = RoutingSDPA(spec, num_heads=4, head_dim=8)
+    sdpa = MixedSDPA(spec, num_heads=4, head_dim=8)
     b, n, lens = 2, 21, [21, 13]
     q, k, v = (torch.randn(b, n, 4, 8, requires_grad=True) for _ in range(3))
     layout = BatchLayout.of(q, seq_lens=lens)
@@ -100,7 +100,7 @@ def _encoder(specs, dim=32, heads=4, kv_heads=2):
     layers = []
     for spec in specs:
         mha = StandardMultiheadAttention(
-            dim, heads, RoutingSDPA(spec, heads, dim // heads), num_key_value_heads=kv_heads
+            dim, heads, MixedSDPA(spec, heads, dim // heads), num_key_value_heads=kv_heads
         )
         layers.append(
             StandardTransformerEncoderLayer(
@@ -152,7 +152,7 @@ def test_encoder_layers_train_with_aux_loss_and_ignore_padding():
 def test_incremental_decoding_in_fairseq2_mha_equals_full_forward():
     torch.manual_seed(0)
     dim, n = 32, 26
-    mha = StandardMultiheadAttention(dim, 4, RoutingSDPA(MIXED, 4, 8), num_key_value_heads=2)
+    mha = StandardMultiheadAttention(dim, 4, MixedSDPA(MIXED, 4, 8), num_key_value_heads=2)
     x = torch.randn(2, n, dim)
     layout = BatchLayout.of(x)
     mha.train()(x, layout, x, layout, x, AttentionBiasCache())  # initialize the router

@@ -16,7 +16,7 @@ from fairseq2.models.wav2vec2.asr import Wav2Vec2AsrModel
 from fairseq2.nn import BatchLayout
 
 from seqwin.attention import AttentionSpec, LayerAttentionConfig
-from seqwin.attention.fairseq2 import RoutingSDPA, SlidingWindowSDPA
+from seqwin.attention.fairseq2 import MixedSDPA, SlidingWindowSDPA
 from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load, save
 from seqwin.models.wav2vec2.config import asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import (
@@ -76,7 +76,7 @@ def test_attention_per_layer_and_describe():
     assert type(sdpas[0]).__name__ == "TorchSDPA"
     assert isinstance(sdpas[1], SlidingWindowSDPA) and sdpas[1].window == [(1, 1), (2, 2), (4, 0), (0, 4)]
     assert isinstance(sdpas[2], SlidingWindowSDPA) and sdpas[2].window == (4, 4)
-    assert isinstance(sdpas[3], RoutingSDPA) and (sdpas[3].local_heads, sdpas[3].routing_heads) == (2, 2)
+    assert isinstance(sdpas[3], MixedSDPA) and (sdpas[3].local_heads, sdpas[3].routing_heads) == (2, 2)
     assert cfg.attention.describe(4, 4) == "1 x full + 1 x local[(1,1),(2,2),(4,0),(0,4)] + 1 x local(4,4) + " \
                                            "1 x mixed(2x(3,3)+2xrouting)"
     wav, layout = _audio()

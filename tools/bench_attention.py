@@ -1,5 +1,8 @@
 """Attention benchmark: seqwin vs dense SDPA, FlexAttention and lucidrains' local-attention, side by side.
 
+``seqwin_pooled`` is local+pooled-global attention: the same causal window plus the means of the earlier blocks of
+``--pool-size`` keys (``pooled_attention``), next to the plain window (``seqwin``) and routing.
+
 Every case runs in its own subprocess so peak memory (the process high-water mark on CPU, the allocator's on
 CUDA) belongs to that case alone. Writes ``results.json``, ``results.md`` (the README table) and ``attention.png``.
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from bench_common import reset_peak_rss, run_case, status_kb
 
-SWA_METHODS = ["seqwin", "flex", "dense_masked", "dense_causal", "local_attention"]
+SWA_METHODS = ["seqwin", "seqwin_pooled", "flex", "dense_masked", "dense_causal", "local_attention"]
 ROUTING_METHODS = ["seqwin_routing", "seqwin_routing_causal", "seqwin_window", "dense", "lucidrains_routing"]
 
 # --quick: a few cases per suite. Every case is a fresh process (a few seconds of start-up, plus compilation for
@@ -39,7 +42,7 @@ QUICK = {
 # Worker: one (method, shape, mode) case.
 
 
-def _make_swa(method: str, n: int, window: int, device: str, dtype, heads: int, dim: int):
+def _make_swa(method: str, n: int, window: int, pool_size: int, device: str, dtype, heads: int, dim: int):
     """Return ``fn(q, k, v) -> out`` for one method; q/k/v are (1, n, heads, dim)."""
     import torch
     import torch.nn.functional as F
@@ -48,6 +51,10 @@ def _make_swa(method: str, n: int, window: int, device: str, dtype, heads: int, 
         from seqwin.attention import sliding_window_attention
 
         return lambda q, k, v: sliding_window_attention(q, k, v, window=(window, 0))
+    if method == "seqwin_pooled":
+        from seqwin.attention import pooled_attention
+
+        return lambda q, k, v: pooled_attention(q, k, v, pool_size=pool_size, causal=True, window=(window, 0))
     if method == "dense_masked":
         i = torch.arange(n, device=device)
         mask = (i[None, :] <= i[:, None]) & (i[None, :] >= i[:, None] - window)
@@ -132,7 +139,7 @@ def _run_case(case: dict) -> dict:
             out, dropped["fraction"] = routed(q, k, v)
             return out
     else:
-        fn = _make_swa(case["method"], n, window, device, dtype, h, d)
+        fn = _make_swa(case["method"], n, window, case["pool_size"], device, dtype, h, d)
 
     def sync():
         if device == "cuda":
@@ -168,6 +175,8 @@ def _run_case(case: dict) -> dict:
         keys = n * (n if case["method"] == "dense" else -(-n // case["clusters"]))
     else:
         keys = sum(min(i, window) + 1 for i in range(n))  # visible keys summed over queries
+        if case["method"] == "seqwin_pooled":  # plus the finished blocks before each query's own
+            keys += sum(i // case["pool_size"] for i in range(n))
     flops = 4 * h * d * keys * (1.0 if mode == "fwd" else 3.5)  # backward ~2.5x forward, as FlashAttention counts
     best = min(times)
     result = {"ms": best * 1e3, "first_ms": first * 1e3, "peak_mb": peak_mb, "useful_gflops": flops / best / 1e9}
@@ -218,6 +227,7 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--window", type=int, default=256, help="causal look-back for the length sweep")
+    p.add_argument("--pool-size", type=int, default=64, help="keys per pooled block (seqwin_pooled)")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768, 65536])
     p.add_argument("--windows", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048],
                    help="windows for the window sweep (at --window-sweep-length)")
@@ -254,7 +264,7 @@ def main() -> None:
     info = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": dtype,
-        "heads": args.heads, "routing_heads": args.routing_heads, "dim": args.dim,
+        "heads": args.heads, "routing_heads": args.routing_heads, "dim": args.dim, "pool_size": args.pool_size,
         "matmul_gflops": _matmul_gflops(args.device, dtype),
     }
     print(f"device: {info['device']}, {dtype} matmul {info['matmul_gflops']:.0f} GFLOP/s", flush=True)
@@ -274,7 +284,7 @@ def main() -> None:
                 clusters = 64 if n in (4096, 8192) else max(8, round(n**0.5))
                 case = {"method": method, "mode": mode, "n": n, "window": window, "heads": heads,
                         "dim": args.dim, "device": args.device, "dtype": dtype, "min_seconds": args.min_seconds,
-                        "clusters": clusters}
+                        "clusters": clusters, "pool_size": args.pool_size}
                 if key in too_slow:
                     res = {"skipped": f"slower than {args.max_ms:.0f} ms at a smaller size"}
                 elif args.device == "cpu" and mode == "fwdbwd" and method == "flex":
@@ -314,7 +324,8 @@ def _table(info: dict, rows: list[dict]) -> str:
             "GFLOP/s. Cells: time (x = time / seqwin's time), useful GFLOP/s, extra peak MB")
     parts = [head, ""]
     for title, sweeps, baseline in (
-        (f"Sliding window (causal look-back), H={info['heads']}", ("length", "window"), "seqwin"),
+        (f"Sliding window (causal look-back), H={info['heads']}; seqwin_pooled adds the means of earlier blocks of "
+         f"{info.get('pool_size', 64)} keys", ("length", "window"), "seqwin"),
         (f"Routing, H={info.get('routing_heads', 4)}, c=sqrt(N) clusters (64 at N=4096/8192); dropped = "
          "queries left with no output", ("routing",), "seqwin_routing"),
     ):

@@ -243,19 +243,23 @@ sys.exit(0 if stream["text"] == file["text"] else 1)
 PY
 fi
 
-# ---- language models (stages 20-23): tiny full / local / routing LMs on Shakespeare, equal steps; speech LM -
+# ---- language models (stages 20-23): tiny full / local / routing / pooled LMs on Shakespeare, equal steps -----
 # 20 SentencePiece tokenizer (1024 pieces) -> exp/lm/tokenizer
-# 21 seqwin train lm (recipes/lm/mini.yaml, 4096-token sequences) as full / local / routing, then
+# 21 seqwin train lm (recipes/lm/mini.yaml, 4096-token sequences) as full / local / routing / pooled, then
 #    seqwin eval lm on the test split at context 4096; prints the perplexities side by side
 # 22 seqwin generate from the routing LM (constant-memory caches); WindowKV loss vs budget on the full LM
 # 23 speech continuation: seqwin tokenize the mini corpus with the codec at $lm_codec_ckpt (set LM_CODEC_CKPT;
 #    skipped if absent), train the same LM on 2 RVQ levels of codes, continue a test prompt, seqwin detokenize
 lm_codec_ckpt="${LM_CODEC_CKPT:-$codec_exp/codec.pt}"  # stage 10 output
-lm_variants=(full local routing)
+lm_variants=(full local routing pooled)
 declare -A lm_attention=(
   [full]='{default: {kind: full}}'
   [local]='{default: {kind: local, window: [255, 0]}}'
   [routing]=''   # recipes/lm/mini.yaml as written: local layers + local/routing heads in the top layer
+  # local layers + local/pooled heads in the top layer: the pooled heads see their window and the means of the
+  # earlier 64-token blocks (local + coarse global context; no parameters beyond the others')
+  [pooled]='{default: {kind: local, window: [255, 0]}, top: {kind: mixed, local_heads: 2, pooled_heads: 2,
+            window: [255, 0], pool_size: 64}, num_top_layers: 1}'
 )
 
 if run_stage 20; then

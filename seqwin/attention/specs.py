@@ -1,7 +1,8 @@
 """Per-layer attention specs: the one config vocabulary every seqwin model uses to choose how each layer attends.
 
 The Routing Transformer configurations mix heads inside a layer (e.g. 8 local-window heads + 8 routing heads)
-and often route only in the top layers; multi-scale encoders give each head its own window. :class:`AttentionSpec`
+and often route only in the top layers; local+global designs (HiLo, GC ViT) pair window heads with heads that see a
+pooled summary of the whole sequence; multi-scale encoders give each head its own window. :class:`AttentionSpec`
 is plain config (a dataclass of YAML-able fields that fairseq2's value converter structures/unstructures);
 :class:`LayerAttentionConfig` is the ``attention:`` section of a model config ("default + top layers + per-layer
 overrides + per-head windows") and :meth:`LayerAttentionConfig.expand` turns it into one :class:`LayerAttention`
@@ -18,21 +19,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-AttentionKind = Literal["full", "local", "routing", "mixed"]
+AttentionKind = Literal["full", "local", "pooled", "routing", "mixed"]
 Window = tuple[int, int]
 
 
 @dataclass(kw_only=True)
 class AttentionSpec:
     """How one layer attends. ``kind``: ``full`` (every head sees the whole sequence, or its past if causal),
-    ``local`` (every head a sliding window), ``routing`` (every head routing), ``mixed`` (``local_heads``
-    window heads followed by ``routing_heads`` routing heads; they must add up to the layer's heads)."""
+    ``local`` (every head a sliding window), ``pooled`` (every head sees the means of blocks of ``pool_size``
+    keys: all of them, or if causal the blocks that end before the query's own block starts), ``routing`` (every
+    head routing), ``mixed`` (``local_heads`` window heads, then ``pooled_heads`` pooled heads that also see their
+    ``window`` of raw keys, then ``routing_heads`` routing heads; they must add up to the layer's heads)."""
 
     kind: AttentionKind = "full"
     causal: bool = False
     local_heads: int = 0
     window: tuple[int, int] = (-1, -1)
-    """Local heads' ``(left, right)`` window (``sliding_window_attention``); ``right`` must be 0 if causal."""
+    """``(left, right)`` window of the local heads (``sliding_window_attention``) and of the raw keys that the pooled
+    heads of a ``mixed`` spec see; ``right`` must be 0 if causal."""
+    pooled_heads: int = 0
+    pool_size: int = 32
+    """Keys per pooled block (``pooled`` layers and the pooled heads of ``mixed`` ones)."""
     routing_heads: int = 0
     num_clusters: int = 16
     routing_window: int | None = None
@@ -47,29 +54,40 @@ class AttentionSpec:
 
     def __post_init__(self) -> None:
         self.window = tuple(int(x) for x in self.window)  # YAML gives lists
-        if self.kind not in ("full", "local", "routing", "mixed"):
-            raise ValueError(f"kind must be full, local, routing or mixed, got {self.kind!r}")
+        if self.kind not in ("full", "local", "pooled", "routing", "mixed"):
+            raise ValueError(f"kind must be full, local, pooled, routing or mixed, got {self.kind!r}")
         if len(self.window) != 2 or min(self.window) < -1:
             raise ValueError(f"window must be (left, right) with sides >= -1, got {self.window}")
         if self.causal and self.kind in ("local", "mixed") and self.window[1] != 0:
             raise ValueError(f"a causal spec needs a window with right == 0, got {self.window}")
         if self.kind in ("routing", "mixed") and self.num_clusters < 1:
             raise ValueError("routing heads need num_clusters >= 1")
-        if self.kind == "mixed" and (self.local_heads < 0 or self.routing_heads < 1):
-            raise ValueError("a mixed spec needs routing_heads >= 1 and local_heads >= 0")
+        if self.kind == "mixed" and (min(self.local_heads, self.pooled_heads, self.routing_heads) < 0
+                                     or self.pooled_heads + self.routing_heads < 1):
+            raise ValueError("a mixed spec needs pooled_heads + routing_heads >= 1 and no negative head count")
+        if self.uses_pooling() and self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {self.pool_size}")
 
-    def head_split(self, num_heads: int) -> tuple[int, int]:
-        """``(local_heads, routing_heads)`` for a layer with ``num_heads`` heads."""
+    def uses_pooling(self) -> bool:
+        return self.kind == "pooled" or (self.kind == "mixed" and self.pooled_heads > 0)
+
+    def uses_routing(self) -> bool:
+        return self.kind == "routing" or (self.kind == "mixed" and self.routing_heads > 0)
+
+    def head_split(self, num_heads: int) -> tuple[int, int, int]:
+        """``(local_heads, pooled_heads, routing_heads)`` for a layer with ``num_heads`` heads, in head order."""
         if self.kind in ("full", "local"):
-            return num_heads, 0
+            return num_heads, 0, 0
+        if self.kind == "pooled":
+            return 0, num_heads, 0
         if self.kind == "routing":
-            return 0, num_heads
-        if self.local_heads + self.routing_heads != num_heads:
-            raise ValueError(
-                f"local_heads ({self.local_heads}) + routing_heads ({self.routing_heads}) must equal "
-                f"the layer's {num_heads} heads"
-            )
-        return self.local_heads, self.routing_heads
+            return 0, 0, num_heads
+        if self.local_heads + self.pooled_heads + self.routing_heads != num_heads:
+            counts = [("local_heads", self.local_heads), ("pooled_heads", self.pooled_heads),
+                      ("routing_heads", self.routing_heads)]
+            named = " + ".join(f"{name} ({n})" for name, n in counts if n or name == "local_heads")
+            raise ValueError(f"{named} must equal the layer's {num_heads} heads")
+        return self.local_heads, self.pooled_heads, self.routing_heads
 
     def local_window(self) -> tuple[int, int]:
         if self.kind == "full":
@@ -77,14 +95,18 @@ class AttentionSpec:
         return self.window
 
     def describe(self) -> str:
-        """Short summary, e.g. ``local(32,32)`` or ``mixed(2x(255,0)+2xrouting)``."""
+        """Short summary, e.g. ``local(32,32)`` or ``mixed(2x(255,0)+2xpooled(64))``."""
         if self.kind == "full":
             return "full"
         if self.kind == "local":
             return f"local({self.window[0]},{self.window[1]})"
+        if self.kind == "pooled":
+            return f"pooled({self.pool_size})"
         if self.kind == "routing":
             return f"routing(c={self.num_clusters})"
-        return f"mixed({self.local_heads}x({self.window[0]},{self.window[1]})+{self.routing_heads}xrouting)"
+        groups = [(self.local_heads, f"({self.window[0]},{self.window[1]})"),
+                  (self.pooled_heads, f"pooled({self.pool_size})"), (self.routing_heads, "routing")]
+        return "mixed(" + "+".join(f"{n}x{what}" for n, what in groups if n) + ")"
 
 
 def _named_specs(
@@ -216,6 +238,6 @@ class LayerAttentionConfig:
             sections.append(("top", self.top))
         sections += [(f"overrides.{i}", spec) for i, spec in self.overrides.items()]
         for name, spec in sections:
-            if spec.kind in ("routing", "mixed") and spec.num_clusters > num_tokens:
+            if spec.uses_routing() and spec.num_clusters > num_tokens:
                 raise ValueError(f"{key}.{name}.num_clusters ({spec.num_clusters}) is more than the {num_tokens} "
                                  f"tokens of {what}: clusters would stay empty; lower it")

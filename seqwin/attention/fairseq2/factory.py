@@ -5,7 +5,8 @@ in the LM decoder:
 
 - ``full``: fairseq2's dense ``TorchSDPA`` (PyTorch's fused kernel), with a causal bias when the spec is causal;
 - ``local``: :class:`SlidingWindowSDPA` over the layer's window, or its per-head windows;
-- ``routing`` / ``mixed``: :class:`RoutingSDPA` (its k-means centroids are buffers, saved with the model).
+- ``pooled`` / ``routing`` / ``mixed``: :class:`MixedSDPA` (routing heads' k-means centroids are buffers, saved
+  with the model).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from fairseq2.models.transformer import CausalAttentionBias, IdentityBias, TorchSDPA
 from fairseq2.models.transformer.sdpa.base import SDPA
 
-from seqwin.attention.fairseq2.routing_sdpa import RoutingSDPA
+from seqwin.attention.fairseq2.mixed_sdpa import MixedSDPA
 from seqwin.attention.fairseq2.sliding_window_sdpa import SlidingWindowSDPA
 from seqwin.attention.fairseq2.sliding_window_state import SlidingWindowAttentionStateFactory
 from seqwin.attention.specs import LayerAttention
@@ -27,14 +28,14 @@ def make_sdpa(layer: LayerAttention, num_heads: int, head_dim: int, *, dropout_p
         return TorchSDPA(CausalAttentionBias() if spec.causal else IdentityBias(), dropout_p=dropout_p)
     if spec.kind == "local":
         return SlidingWindowSDPA(layer.windows(), dropout_p=dropout_p)
-    # Routing heads have no attention dropout: RoutingSDPA's kernels do not implement it.
-    return RoutingSDPA(spec, num_heads, head_dim)
+    # Pooled and routing heads have no attention dropout: their kernels do not implement it.
+    return MixedSDPA(spec, num_heads, head_dim)
 
 
 def make_state_factory(layer: LayerAttention) -> SlidingWindowAttentionStateFactory | None:
     """The incremental-decoding KV cache of a causal layer: a ring buffer of the longest look-back of its heads
     for a ``local`` layer, so decoding memory stays O(window); ``None`` (fairseq2's growing cache) otherwise.
-    Routing layers get their constant-memory cache from :func:`~seqwin.attention.fairseq2.decoding_session`."""
+    Pooled, routing and mixed layers get theirs from :func:`~seqwin.attention.fairseq2.decoding_session`."""
     if layer.spec.kind == "local" and layer.spec.causal:
         return SlidingWindowAttentionStateFactory(layer.max_look_back())
     return None

@@ -81,47 +81,125 @@ def _sink_mask(plan: BandPlan, k_lens: Tensor, device: torch.device) -> Tensor:
     return right_only[None] & (k_pos[None, None, :] < k_lens[:, None, None])
 
 
+def band_forward(q: Tensor, k: Tensor, v: Tensor, plan: BandPlan, q_lens: list[int], k_lens: list[int],
+                 scale: float) -> tuple[Tensor, Tensor]:
+    """Windowed attention under ``plan``: the output ``(B, q_len, H, D)`` in q's dtype and its log-sum-exp
+    ``(B, H, q_len)`` in fp32, ``-inf`` where a query sees no key (its output is then zero). Padded queries are not
+    zeroed here. Attentions over other key sets (pooled blocks) merge into it through the log-sum-exp."""
+    b, nq, h, d = q.shape
+    device = q.device
+    interior, edges = _work(plan, q_lens, k_lens, device)
+    k_lens_t = torch.tensor(k_lens, dtype=torch.long, device=device)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    qc = _chunks(q, plan)
+    band = plan.band_mask(device)
+
+    # Outputs in the final (B, q_len, H, D) layout, padded to whole chunks; lse per chunk.
+    out = q.new_zeros(b, plan.num_chunks, plan.chunk, h, d)
+    lse = torch.full((b, plan.num_chunks, h, plan.chunk), float("-inf"), device=device)
+    for row, c0, c1 in interior:
+        n = c1 - c0
+        o, l = _flash(qc[row, c0:c1], _interior_spans(k, plan, row, c0, c1),
+                      _interior_spans(v, plan, row, c0, c1), 0.0, False,
+                      attn_mask=band.expand(n, 1, -1, -1), scale=scale)
+        out[row, c0:c1] = o.transpose(1, 2)
+        lse[row, c0:c1] = l
+    for rows, chunks in edges:
+        mask = plan.edge_mask(rows, chunks, k_lens_t)
+        o, l = _flash(qc[rows, chunks], _edge_spans(k, plan, rows, chunks), _edge_spans(v, plan, rows, chunks),
+                      0.0, False, attn_mask=additive(mask).unsqueeze(1), scale=scale)
+        # The kernel returns lse 0 for rows with no visible key; they must not count in merges.
+        l = l.masked_fill(~mask.any(-1)[:, None, :], float("-inf"))
+        out[rows, chunks] = o.transpose(1, 2)
+        lse[rows, chunks] = l
+
+    out = out.view(b, -1, h, d)[:, :nq]
+    lse = lse.permute(0, 2, 1, 3).reshape(b, h, -1)[:, :, :nq]
+    if plan.num_sinks > 0:
+        smask = _sink_mask(plan, k_lens_t, device)
+        s = plan.num_sinks
+        o_s, l_s = _flash(q.transpose(1, 2), k[:, :s].transpose(1, 2), v[:, :s].transpose(1, 2), 0.0, False,
+                          attn_mask=additive(smask).unsqueeze(1), scale=scale)
+        l_s = l_s.masked_fill(~smask.any(-1)[:, None, :], float("-inf"))
+        merged, lse = merge(out.float().transpose(1, 2), lse, o_s.float(), l_s)
+        out = merged.transpose(1, 2).to(q.dtype)
+    return out, lse
+
+
+def band_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, plan: BandPlan,
+                  q_lens: list[int], k_lens: list[int], scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients through the windowed keys of an attention whose output is ``out`` with log-sum-exp ``lse``
+    (``+inf`` on rows that get no gradient); ``q, k, v, out`` contiguous, as ``band_forward`` took them. The fused
+    backward needs nothing else per query, so this is exact also when ``out`` and ``lse`` merge other key sets in:
+    it is then those keys' share of the gradient."""
+    plan = plan.for_backward()
+    b, nq, h, d = q.shape
+    hk = k.shape[2]
+    device = q.device
+    interior, edges = _work(plan, q_lens, k_lens, device)
+    k_lens_t = torch.tensor(k_lens, dtype=torch.long, device=device)
+    empty = torch.isposinf(lse)
+    grad_out = grad_out.masked_fill(empty.transpose(1, 2)[..., None], 0.0).to(q.dtype)
+
+    qc, oc, gc = _chunks(q, plan), _chunks(out, plan), _chunks(grad_out, plan)
+    pad = plan.num_chunks * plan.chunk - nq
+    lse_c = torch.cat([lse, lse.new_full((b, h, pad), float("inf"))], dim=2) if pad else lse
+    lse_c = lse_c.view(b, h, plan.num_chunks, plan.chunk).transpose(1, 2)
+    band = plan.band_mask(device)
+
+    # Accumulate in fp32: spans overlap, so key gradients are sums of several partial results.
+    dq = torch.zeros(b, plan.num_chunks, plan.chunk, h, d, device=device)
+    dk = torch.zeros(b, plan.k_len, hk, d, device=device)
+    dv = torch.zeros_like(dk)
+    pieces = plan.span // plan.chunk
+    step = max(1, _BWD_SPAN_BUDGET // (hk * plan.span * d))
+    interior = [(row, a, min(a + step, c1)) for row, c0, c1 in interior for a in range(c0, c1, step)]
+    for row, c0, c1 in interior:
+        n = c1 - c0
+        ks, vs = _interior_spans(k, plan, row, c0, c1), _interior_spans(v, plan, row, c0, c1)
+        gq, gk, gv = _flash_bwd(gc[row, c0:c1], qc[row, c0:c1], ks, vs, oc[row, c0:c1], lse_c[row, c0:c1],
+                                0.0, False, attn_mask=band.expand(n, 1, -1, -1), scale=scale)
+        dq[row, c0:c1] = gq.transpose(1, 2)
+        # Overlap-add: span piece j of chunk c lands on the keys of chunk (c + j) of the padded sequence.
+        start = plan.span_start(c0)
+        for j in range(pieces):
+            sl = slice(start + j * plan.chunk, start + (j + n) * plan.chunk)
+            piece = slice(j * plan.chunk, (j + 1) * plan.chunk)
+            dk[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+            dv[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
+    for rows, chunks in edges:
+        mask = additive(plan.edge_mask(rows, chunks, k_lens_t)).unsqueeze(1)
+        gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], _edge_spans(k, plan, rows, chunks),
+                                _edge_spans(v, plan, rows, chunks), oc[rows, chunks], lse_c[rows, chunks], 0.0,
+                                False, attn_mask=mask, scale=scale)
+        dq[rows, chunks] = gq.transpose(1, 2).float()
+        # Each edge span is one contiguous run of keys: plain slice adds beat a scattered index_add.
+        # Positions outside [0, k_len) were clamped copies under a hiding mask: their gradients are zero.
+        for i, (row, c) in enumerate(zip(rows.tolist(), chunks.tolist(), strict=True)):
+            start = plan.span_start(c)
+            lo, hi = max(start, 0), min(start + plan.span, plan.k_len)
+            dk[row, lo:hi] += gk[i, :, lo - start : hi - start].transpose(0, 1)
+            dv[row, lo:hi] += gv[i, :, lo - start : hi - start].transpose(0, 1)
+    dq = dq.view(b, -1, h, d)[:, :nq]
+
+    if plan.num_sinks > 0:
+        s = plan.num_sinks
+        smask = additive(_sink_mask(plan, k_lens_t, device)).unsqueeze(1)
+        gq, gk, gv = _flash_bwd(grad_out.transpose(1, 2), q.transpose(1, 2), k[:, :s].transpose(1, 2),
+                                v[:, :s].transpose(1, 2), out.transpose(1, 2), lse, 0.0, False,
+                                attn_mask=smask, scale=scale)
+        dq = dq + gq.transpose(1, 2)
+        dk[:, :s] += gk.transpose(1, 2)
+        dv[:, :s] += gv.transpose(1, 2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 class _BandAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan: BandPlan, q_lens: list[int], k_lens: list[int], scale: float):
-        b, nq, h, d = q.shape
-        device = q.device
-        interior, edges = _work(plan, q_lens, k_lens, device)
-        k_lens_t = torch.tensor(k_lens, dtype=torch.long, device=device)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        qc = _chunks(q, plan)
-        band = plan.band_mask(device)
-
-        # Outputs in the final (B, q_len, H, D) layout, padded to whole chunks; lse per chunk.
-        out = q.new_zeros(b, plan.num_chunks, plan.chunk, h, d)
-        lse = torch.full((b, plan.num_chunks, h, plan.chunk), float("-inf"), device=device)
-        for row, c0, c1 in interior:
-            n = c1 - c0
-            o, l = _flash(qc[row, c0:c1], _interior_spans(k, plan, row, c0, c1),
-                          _interior_spans(v, plan, row, c0, c1), 0.0, False,
-                          attn_mask=band.expand(n, 1, -1, -1), scale=scale)
-            out[row, c0:c1] = o.transpose(1, 2)
-            lse[row, c0:c1] = l
-        for rows, chunks in edges:
-            mask = plan.edge_mask(rows, chunks, k_lens_t)
-            o, l = _flash(qc[rows, chunks], _edge_spans(k, plan, rows, chunks), _edge_spans(v, plan, rows, chunks),
-                          0.0, False, attn_mask=additive(mask).unsqueeze(1), scale=scale)
-            # The kernel returns lse 0 for rows with no visible key; they must not count in merges.
-            l = l.masked_fill(~mask.any(-1)[:, None, :], float("-inf"))
-            out[rows, chunks] = o.transpose(1, 2)
-            lse[rows, chunks] = l
-
-        out = out.view(b, -1, h, d)[:, :nq]
-        lse = lse.permute(0, 2, 1, 3).reshape(b, h, -1)[:, :, :nq]
-        if plan.num_sinks > 0:
-            smask = _sink_mask(plan, k_lens_t, device)
-            s = plan.num_sinks
-            o_s, l_s = _flash(q.transpose(1, 2), k[:, :s].transpose(1, 2), v[:, :s].transpose(1, 2), 0.0, False,
-                              attn_mask=additive(smask).unsqueeze(1), scale=scale)
-            l_s = l_s.masked_fill(~smask.any(-1)[:, None, :], float("-inf"))
-            merged, lse = merge(out.float().transpose(1, 2), lse, o_s.float(), l_s)
-            out = merged.transpose(1, 2).to(q.dtype)
-
+        out, lse = band_forward(q, k, v, plan, q_lens, k_lens, scale)
+        nq, device = q.shape[1], q.device
         q_ok = torch.arange(nq, device=device)[None, :] < torch.tensor(q_lens, device=device)[:, None]
         empty = torch.isneginf(lse) | ~q_ok[:, None, :]
         out = out.masked_fill_(empty.transpose(1, 2)[..., None], 0.0).contiguous()
@@ -134,67 +212,8 @@ class _BandAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        plan: BandPlan = ctx.plan.for_backward()
-        scale = ctx.scale
-        b, nq, h, d = q.shape
-        hk = k.shape[2]
-        device = q.device
-        interior, edges = _work(plan, ctx.q_lens, ctx.k_lens, device)
-        k_lens_t = torch.tensor(ctx.k_lens, dtype=torch.long, device=device)
-        empty = torch.isposinf(lse)
-        grad_out = grad_out.masked_fill(empty.transpose(1, 2)[..., None], 0.0).to(q.dtype)
-
-        qc, oc, gc = _chunks(q, plan), _chunks(out, plan), _chunks(grad_out, plan)
-        pad = plan.num_chunks * plan.chunk - nq
-        lse_c = torch.cat([lse, lse.new_full((b, h, pad), float("inf"))], dim=2) if pad else lse
-        lse_c = lse_c.view(b, h, plan.num_chunks, plan.chunk).transpose(1, 2)
-        band = plan.band_mask(device)
-
-        # Accumulate in fp32: spans overlap, so key gradients are sums of several partial results.
-        dq = torch.zeros(b, plan.num_chunks, plan.chunk, h, d, device=device)
-        dk = torch.zeros(b, plan.k_len, hk, d, device=device)
-        dv = torch.zeros_like(dk)
-        pieces = plan.span // plan.chunk
-        step = max(1, _BWD_SPAN_BUDGET // (hk * plan.span * d))
-        interior = [(row, a, min(a + step, c1)) for row, c0, c1 in interior for a in range(c0, c1, step)]
-        for row, c0, c1 in interior:
-            n = c1 - c0
-            ks, vs = _interior_spans(k, plan, row, c0, c1), _interior_spans(v, plan, row, c0, c1)
-            gq, gk, gv = _flash_bwd(gc[row, c0:c1], qc[row, c0:c1], ks, vs, oc[row, c0:c1], lse_c[row, c0:c1],
-                                    0.0, False, attn_mask=band.expand(n, 1, -1, -1), scale=scale)
-            dq[row, c0:c1] = gq.transpose(1, 2)
-            # Overlap-add: span piece j of chunk c lands on the keys of chunk (c + j) of the padded sequence.
-            start = plan.span_start(c0)
-            for j in range(pieces):
-                sl = slice(start + j * plan.chunk, start + (j + n) * plan.chunk)
-                piece = slice(j * plan.chunk, (j + 1) * plan.chunk)
-                dk[row, sl] += gk[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
-                dv[row, sl] += gv[:, :, piece].transpose(1, 2).reshape(n * plan.chunk, hk, d)
-        for rows, chunks in edges:
-            mask = additive(plan.edge_mask(rows, chunks, k_lens_t)).unsqueeze(1)
-            gq, gk, gv = _flash_bwd(gc[rows, chunks], qc[rows, chunks], _edge_spans(k, plan, rows, chunks),
-                                    _edge_spans(v, plan, rows, chunks), oc[rows, chunks], lse_c[rows, chunks], 0.0,
-                                    False, attn_mask=mask, scale=scale)
-            dq[rows, chunks] = gq.transpose(1, 2).float()
-            # Each edge span is one contiguous run of keys: plain slice adds beat a scattered index_add.
-            # Positions outside [0, k_len) were clamped copies under a hiding mask: their gradients are zero.
-            for i, (row, c) in enumerate(zip(rows.tolist(), chunks.tolist(), strict=True)):
-                start = plan.span_start(c)
-                lo, hi = max(start, 0), min(start + plan.span, plan.k_len)
-                dk[row, lo:hi] += gk[i, :, lo - start : hi - start].transpose(0, 1)
-                dv[row, lo:hi] += gv[i, :, lo - start : hi - start].transpose(0, 1)
-        dq = dq.view(b, -1, h, d)[:, :nq]
-
-        if plan.num_sinks > 0:
-            s = plan.num_sinks
-            smask = additive(_sink_mask(plan, k_lens_t, device)).unsqueeze(1)
-            gq, gk, gv = _flash_bwd(grad_out.transpose(1, 2), q.transpose(1, 2), k[:, :s].transpose(1, 2),
-                                    v[:, :s].transpose(1, 2), out.transpose(1, 2), lse, 0.0, False,
-                                    attn_mask=smask, scale=scale)
-            dq = dq + gq.transpose(1, 2)
-            dk[:, :s] += gk.transpose(1, 2)
-            dv[:, :s] += gv.transpose(1, 2)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+        grads = band_backward(grad_out, q, k, v, out, lse, ctx.plan, ctx.q_lens, ctx.k_lens, ctx.scale)
+        return *grads, None, None, None, None
 
 
 class _DenseRows(torch.autograd.Function):

@@ -3,8 +3,9 @@
 Every layer is a pre-norm Transformer block (RMSNorm, rotary positions inside attention, GLU feed-forward). The
 attention of each layer comes from :class:`seqwin.attention.LayerAttentionConfig` (the vocabulary the wav2vec2
 encoder shares): a default spec, a spec for the top ``num_top_layers`` layers and per-layer overrides, each ``full``,
-``local`` (sliding window), ``routing`` (online k-means clusters) or ``mixed`` (local + routing heads) — the Routing
-Transformer layouts — and optionally one window per head in a local layer. An LM is causal, so every spec is made
+``local`` (sliding window), ``pooled`` (means of earlier blocks of tokens), ``routing`` (online k-means clusters) or
+``mixed`` (local + pooled + routing heads: the Routing Transformer and local+global layouts) — and optionally one
+window per head in a local layer. An LM is causal, so every spec is made
 causal here (a local window, and each per-head window, must then have ``right == 0``).
 """
 
@@ -63,9 +64,10 @@ class LMConfig:
         group = self.num_heads // kv
         for layer in self.layers():
             spec, where = layer.spec, f"attention.{layer.source}"
-            if spec.kind == "mixed" and spec.local_heads % group:
-                raise ValueError(f"{where}: local_heads ({spec.local_heads}) must be a multiple of the query heads "
-                                 f"per key/value head ({group})")
+            for name in ("local_heads", "pooled_heads"):  # each head group must own whole key/value heads
+                if spec.kind == "mixed" and getattr(spec, name) % group:
+                    raise ValueError(f"{where}: {name} ({getattr(spec, name)}) must be a multiple of the query heads "
+                                     f"per key/value head ({group})")
             # bounded look-back: decoding keeps a ring buffer of the window
             if spec.kind in ("local", "mixed") and layer.max_look_back() < 0:
                 raise ValueError(f"{where}: a local window needs a bounded left side, got {layer.windows()}")

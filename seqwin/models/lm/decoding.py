@@ -1,7 +1,8 @@
 """Incremental decoding for :func:`~seqwin.models.lm.factory.create_lm_model` models: sampling and generation.
 
-The caches (ring buffers for local and routing heads, WindowKV for full layers) and :func:`decoding_session`,
-which switches routing layers to constant-memory decoding, are in :mod:`seqwin.attention.fairseq2.decoding`.
+The caches (ring buffers for local and routing heads, block means for pooled heads, WindowKV for full layers) and
+:func:`decoding_session`, which switches pooled, routing and mixed layers to their caches, are in
+:mod:`seqwin.attention.fairseq2.decoding`.
 """
 
 from __future__ import annotations

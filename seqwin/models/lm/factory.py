@@ -6,8 +6,8 @@ Per layer, :func:`seqwin.attention.fairseq2.make_sdpa` picks the SDPA of the lay
 - ``full``: fairseq2's ``TorchSDPA`` with a causal bias (PyTorch's fused kernel) and the default growing cache;
 - ``local``: :class:`~seqwin.attention.fairseq2.SlidingWindowSDPA` (one window, or one per head) with the
   ring-buffer cache, so decoding memory stays O(window);
-- ``routing`` / ``mixed``: :class:`~seqwin.attention.fairseq2.RoutingSDPA` (its k-means centroids are buffers,
-  saved with the model); for decoding see :mod:`seqwin.models.lm.decoding`.
+- ``pooled`` / ``routing`` / ``mixed``: :class:`~seqwin.attention.fairseq2.MixedSDPA` (routing heads' k-means
+  centroids are buffers, saved with the model); for decoding see :mod:`seqwin.models.lm.decoding`.
 
 Rotary positions are applied to queries and keys in every layer (one shared table); embeddings are optionally tied
 to the output projection.

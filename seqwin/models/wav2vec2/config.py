@@ -6,8 +6,9 @@ meaning, and add:
 
 - ``attention``: which SDPA each encoder layer uses, as :class:`seqwin.attention.LayerAttentionConfig` (the
   vocabulary the LM shares) -- ``full`` (fairseq2's dense ``TorchSDPA``, exactly what the paper and fairseq1
-  checkpoints use), ``local`` (seqwin sliding window; one window or one per head), ``routing`` or ``mixed``
-  (local + routing heads). The encoder is bidirectional, so no spec may be causal. Windows count encoder frames
+  checkpoints use), ``local`` (seqwin sliding window; one window or one per head), ``pooled`` (means of blocks
+  of frames), ``routing`` or ``mixed`` (local + pooled + routing heads). The encoder is bidirectional, so no spec
+  may be causal. Windows count encoder frames
   (20 ms each with the paper's conv frontend).
 - ``frontend``: ``conv`` (the paper's waveform CNN) or ``logmel`` (log-mel filterbanks stacked ``stack`` frames
   at a time: a cheap feature encoder for CPU-sized models; the quantizer then discretizes stacked filterbanks).
