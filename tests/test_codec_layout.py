@@ -12,7 +12,7 @@ import torch
 from test_codec_util import speechlike, tiny_codec_config, zero_conv_biases
 from torch.nn import functional as F
 
-from seqwin.models import cpu_bf16
+from seqwin import cpu_bf16
 from seqwin.models.codec import create_codec, seanet
 from seqwin.models.codec.bottleneck import LSTMBottleneck
 from seqwin.models.codec.seanet import SEANetDecoder, SEANetEncoder

@@ -18,6 +18,7 @@ from seqwin.recipes.codec.train import GanStep, latent_offset, train_codec
 from seqwin.training import TrainerConfig, load_config
 from seqwin.training.checkpoint import safe_load
 from seqwin.training.config import ConfigError
+from seqwin.training.metrics import read_metrics
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "codec"
 
@@ -75,6 +76,23 @@ def test_gan_training_resumes_exactly(tmp_path, monkeypatch):
     from_step = codec_checkpoint.load(tmp_path / "full" / "checkpoints" / "step_4.pt").model
     for name, value in model.state_dict().items():
         torch.testing.assert_close(from_step.state_dict()[name], value)
+
+
+def test_bf16_training_runs_like_float32(tmp_path):
+    """``trainer.precision: bf16`` with the discriminators in play from step 2: every loss term of the same steps
+    from the same init stays within bf16 rounding of float32's (the losses compute in float32)."""
+    manifests = write_corpus(tmp_path / "corpus", count=4)
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _recipe(manifests, 3)
+        cfg.trainer.precision = precision
+        train_codec(cfg, tmp_path / precision)
+        rows[precision] = read_metrics(tmp_path / precision, "train")
+    assert rows["bf16"][0]["mel"] != rows["fp32"][0]["mel"]  # the forward did run in bf16
+    for fp32, bf16 in zip(rows["fp32"], rows["bf16"], strict=True):
+        for term in ("waveform", "mel", "adversarial", "feature_matching"):
+            if term in fp32:
+                assert bf16[term] == pytest.approx(fp32[term], rel=0.05), (fp32["step"], term)
 
 
 @pytest.mark.parametrize("variant", ["fusion", "context_align"])

@@ -22,7 +22,8 @@ ALLOWED = {
     "recipes": {"kernels", "attention", "io", "data", "training", "models"},
     "cli": {"kernels", "attention", "io", "data", "training", "models", "recipes"},
 }
-TOP_LEVEL_HELPERS = {"errors", "cpu_memory"}  # seqwin/errors.py, seqwin/cpu_memory.py: importable by all
+# seqwin/errors.py, cpu_memory.py and cpu_bf16.py: importable by all
+TOP_LEVEL_HELPERS = {"errors", "cpu_memory", "cpu_bf16"}
 
 
 def _modules() -> list[tuple[str, Path]]:

@@ -119,6 +119,21 @@ def test_ssl_ctc_eval_windowize_end_to_end(corpus, tmp_path, capsys):
     print(f"dev CER with dense attention {dense:.1f}%, with window (1,0) {narrow:.1f}%")
 
 
+@pytest.mark.parametrize("kind", ["ssl", "asr"])
+def test_bf16_training_starts_like_float32(corpus, tmp_path, kind):
+    """``trainer.precision: bf16``: from the same init, data and masks, the first steps' losses stay within bf16
+    rounding of float32's (fairseq2 computes the contrastive and CTC losses in float32)."""
+    cfg = _recipe(tmp_path, kind, SSL_MICRO if kind == "ssl" else MICRO)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        assert _run(["train", kind, "--config", cfg, "--set", f"data.manifest_dir={corpus / 'manifests'}",
+                     "--set", "trainer.max_steps=2", "--set", f"trainer.precision={precision}", out]) == 0
+        losses[precision] = [r["loss"] for r in read_metrics(out, "train")]
+    assert losses["bf16"] != losses["fp32"]  # the forward did run in bf16
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
+
+
 def test_eval_beam_search_with_word_lm(corpus, tmp_path):
     pytest.importorskip("flashlight.lib.text.decoder", reason="beam search needs flashlight-text")
     manifests = corpus / "manifests"

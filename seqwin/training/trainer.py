@@ -38,6 +38,7 @@ from seqwin.training import distributed
 from seqwin.training.checkpoint import CheckpointManager
 from seqwin.training.distributed import create_gangs, pick_device
 from seqwin.training.metrics import MetricWriter
+from seqwin.training.precision import MixedPrecision
 from seqwin.training.run_dir import hold_run_dir
 from seqwin.training.trainer_config import TrainerConfig, lr_factor
 
@@ -105,6 +106,8 @@ class Trainer:
         self.step_fn, self.batches, self.valid_fn = step_fn, batches, valid_fn
         self.before_step = before_step
         self.extras = dict(extras or {})
+        self.precision = MixedPrecision(cfg.precision, self.device, [model, *(
+            obj for obj in self.extras.values() if isinstance(obj, nn.Module))])
         self.unit = unit
         self.sharded = self.world_size > 1 and cfg.data_parallel == "fsdp"
         self.wrapped = model
@@ -244,7 +247,9 @@ class Trainer:
             batch = next(data)
             # Gradients are averaged over ranks only on the last micro-batch; before it they accumulate locally.
             with no_sync(self.wrapped) if slot < freq - 1 else nullcontext():
-                loss, values, units = self.step_fn(self.wrapped, batch)
+                with self.precision.autocast():
+                    loss, values, units = self.step_fn(self.wrapped, batch)
+                loss = loss.float()
                 if not self._all_finite(loss):
                     self.optimizer.zero_grad(set_to_none=True)
                     for _ in range(slot + 1, freq):  # keep the data position where an unskipped step leaves it

@@ -34,6 +34,9 @@ class TrainerConfig:
     update_freq: int = 1
     """Micro-batches per optimizer step (gradient accumulation): the global batch is world size x update_freq
     batches, so a 1-process run with ``update_freq: N`` matches an N-process run with ``update_freq: 1``."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """``bf16``: training forward passes under bfloat16 autocast, float32 weights and optimizer state; ``auto``:
+    bf16 where the CPU or GPU computes it natively, float32 elsewhere (see :mod:`seqwin.training.precision`)."""
     data_parallel: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: ``ddp`` replicates the model; ``fsdp`` shards parameters, gradients and optimizer state
     (fairseq2's FSDP2) for models too large to replicate. Ignored in a single process."""

@@ -7,16 +7,53 @@ discriminators: the adversarial and feature-matching terms average over sub-disc
 Signs: every term is >= 0 and smaller is better for the party that minimises it -- the generator minimises
 ``(1 - D(fake))**2``, the discriminator ``(1 - D(real))**2 + D(fake)**2``; the teacher terms
 ``-log sigmoid(cos)`` fall as the projected RVQ level 1 turns toward the teacher.
+
+Every loss computes in float32, also when the model runs under bf16 autocast (``trainer.precision: bf16``): a log-mel
+of a bf16 filterbank product, or a bf16 cosine, would round the very differences the loss measures.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchaudio.transforms import MelSpectrogram
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Tensor])
+
+
+def _float32(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float32(v) for v in value)
+    return value
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        return next((t for t in map(_first_tensor, value) if t is not None), None)
+    return None
+
+
+def in_float32(fn: _Fn) -> _Fn:
+    """``fn`` with autocast off and its floating-point tensor arguments (also inside lists) cast to float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Tensor:
+        tensor = _first_tensor(args)
+        device = tensor.device.type if tensor is not None else "cpu"
+        with torch.autocast(device, enabled=False):
+            return fn(*_float32(args))
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -49,26 +86,31 @@ class MultiScaleMelLoss(nn.Module):
     def log_mels(self, wav: Tensor) -> list[Tensor]:
         return [torch.log(mel(wav).clamp_min(1e-5)) for mel in self.mels]
 
+    @in_float32
     def forward(self, recon: Tensor, target: Tensor) -> Tensor:
         losses = [F.l1_loss(r, t) for r, t in zip(self.log_mels(recon), self.log_mels(target), strict=True)]
         return torch.stack(losses).mean()
 
 
+@in_float32
 def waveform_l1(recon: Tensor, target: Tensor) -> Tensor:
     return F.l1_loss(recon, target)
 
 
+@in_float32
 def discriminator_loss(real_logits: list[Tensor], fake_logits: list[Tensor]) -> Tensor:
     """LSGAN: mean over sub-discriminators of ``mean((1 - D(real))^2) + mean(D(fake)^2)``."""
     terms = [((1 - r) ** 2).mean() + (f**2).mean() for r, f in zip(real_logits, fake_logits, strict=True)]
     return torch.stack(terms).mean()
 
 
+@in_float32
 def generator_adversarial_loss(fake_logits: list[Tensor]) -> Tensor:
     """LSGAN: mean over sub-discriminators of ``mean((1 - D(fake))^2)``."""
     return torch.stack([((1 - f) ** 2).mean() for f in fake_logits]).mean()
 
 
+@in_float32
 def feature_matching_loss(real_feats: list[list[Tensor]], fake_feats: list[list[Tensor]]) -> Tensor:
     """Mean over sub-discriminators and layers of ``mean(|f_real - f_fake|)``; real features are constants."""
     terms = [F.l1_loss(f, r.detach()) for rs, fs in zip(real_feats, fake_feats, strict=True)
@@ -80,6 +122,7 @@ def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp_min(1)
 
 
+@in_float32
 def distill_loss(pred: Tensor, mask: Tensor, teachers: list[tuple[Tensor, Tensor | None]]) -> Tensor:
     """FuseCodec-Distill, per frame: ``-log sigmoid(mean_k cos(pred_t, teacher_k,t))`` -- the paper's
     ``1/2 [cos(Q', S) + cos(Q', C)]`` with both teachers -- averaged over valid frames (``mask (B, T)``).
@@ -99,6 +142,7 @@ def distill_loss(pred: Tensor, mask: Tensor, teachers: list[tuple[Tensor, Tensor
     return _masked_mean(-F.logsigmoid(cos_sum / count.clamp_min(1)), frame_mask)
 
 
+@in_float32
 def context_align_loss(pred: Tensor, mask: Tensor, aligned_context: Tensor, present: Tensor | None = None) -> Tensor:
     """FuseCodec-ContextAlign: ``-log sigmoid(cos(pred_t, C*_t))`` with ``C*`` the dynamic-window-aligned text
     tokens, averaged over valid frames of the rows that have a transcript (``present (B,)``)."""

@@ -17,12 +17,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from seqwin.cpu_bf16 import cpu_has_bf16_instructions
 from seqwin.models.codec.bottleneck import AttentionBottleneck, LSTMBottleneck
 from seqwin.models.codec.config import CodecConfig
 from seqwin.models.codec.fusion import TeacherBatch, TeacherFusion, TeacherProjection
 from seqwin.models.codec.quantizer import ResidualQuantizer
 from seqwin.models.codec.seanet import SConv1d, SEANetDecoder, SEANetEncoder, receptive_context
-from seqwin.models.cpu_bf16 import cpu_has_bf16_instructions
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ changes no result beyond float rounding. Training stays channels-first: the demo
 no faster channels-last (1-4 % slower, within this machine's noise).
 
 bf16 on CPU: each distinct convolution configuration (kind, shape, layout) is checked once per process against
-float32 on the CPU that runs it, and one that CPU computes wrongly runs in float32 (:mod:`seqwin.models.cpu_bf16`:
+float32 on the CPU that runs it, and one that CPU computes wrongly runs in float32 (:mod:`seqwin.cpu_bf16`:
 torch 2.9.1's AMX bf16 convolutions are wrong for some few-channel shapes).
 """
 
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
-from seqwin.models.cpu_bf16 import bf16_is_sound, runs_in_bf16_on_cpu
+from seqwin.cpu_bf16 import bf16_is_sound, runs_in_bf16_on_cpu
 
 # Encoder stages narrower than this run channels-last at inference (see the module docstring for the numbers).
 CHANNELS_LAST_BELOW = 512
@@ -110,7 +110,7 @@ class SConvTranspose1d(nn.Module):
 
 def _checked_conv(layer: SConv1d | SConvTranspose1d, x: Tensor) -> Tensor:
     """``layer``'s convolution, in float32 where bf16 would run a configuration this CPU gets wrong
-    (:mod:`seqwin.models.cpu_bf16`)."""
+    (:mod:`seqwin.cpu_bf16`)."""
     weight, bias = layer.conv.weight, layer.conv.bias
     if runs_in_bf16_on_cpu(x, weight) and not layer._bf16_sound(weight):
         with torch.autocast("cpu", enabled=False):

@@ -7,15 +7,20 @@ so no fixed list can be trusted. Instead each distinct layer configuration is pr
 input: the layer's own computation in bf16 against the same computation in float32 on the same (bf16-rounded)
 inputs, forward and gradients. A configuration whose bf16 result is far off (:data:`MAX_ERROR`, against the ~0.01 of
 correct bf16 arithmetic) runs in float32 from then on, and a warning says so once.
+
+Layers opt in two ways: seqwin's own codec convolutions call :func:`bf16_is_sound` themselves, and
+:func:`guard_convs` makes the plain torch convolutions of any model (the wav2vec2 feature encoder and position
+convolution) do the same, which is what bf16 training (``trainer.precision``) applies before it starts.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +87,34 @@ def _probe(shapes: Sequence[tuple[int, ...]], op: Callable[..., Tensor], backwar
                 results[-1] += [a.grad.float() for a in args]
     return max(float((low - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
                for ref, low in zip(*results, strict=True))
+
+
+def guard_convs(model: nn.Module) -> int:
+    """Make every ``nn.Conv1d`` / ``nn.Conv2d`` of ``model`` (weight-normed ones included) probe its configuration
+    the first time it runs in bf16 on the CPU and run in float32 where this CPU gets it wrong. Returns how many
+    layers it guarded; guarding twice is harmless. The forward is replaced on the instance by a ``partial`` of the
+    module, so ``copy.deepcopy`` of the model keeps each copy bound to itself."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and not isinstance(module.forward, functools.partial):
+            module.forward = functools.partial(_guarded_conv_forward, module)
+            count += 1
+    return count
+
+
+def _guarded_conv_forward(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+    weight, bias = conv.weight, conv.bias  # weight norm recomputes the weight on each access: read it once
+    if runs_in_bf16_on_cpu(x, weight) and not _conv_sound(conv, weight, bias):
+        with torch.autocast("cpu", enabled=False):
+            return conv._conv_forward(x.float(), weight.float(), None if bias is None else bias.float())
+    return conv._conv_forward(x, weight, bias)
+
+
+def _conv_sound(conv: nn.Conv1d | nn.Conv2d, weight: Tensor, bias: Tensor | None) -> bool:
+    # 8 outputs along each spatial axis: enough for the kernel to pick its real algorithm, cheap where bf16 is
+    # emulated
+    extent = tuple(8 * s + d * (k - 1) for s, d, k in zip(conv.stride, conv.dilation, conv.kernel_size, strict=True))
+    key = (f"conv{len(conv.kernel_size)}d", tuple(weight.shape), conv.stride, conv.padding, conv.dilation, conv.groups,
+           conv.padding_mode, bias is not None)
+    shapes = [(1, conv.in_channels, *extent), tuple(weight.shape)] + ([tuple(bias.shape)] if bias is not None else [])
+    return bf16_is_sound(key, shapes, lambda x, w, b=None: conv._conv_forward(x, w, b))
