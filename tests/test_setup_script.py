@@ -17,7 +17,7 @@ import pytest
 
 SETUP = Path(__file__).resolve().parents[1] / "tools" / "setup.sh"
 BASH = shutil.which("bash")
-EVERYTHING = ["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev", "gcc", "libc6-dev"]
+EVERYTHING = ["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev", "gcc", "libc6-dev", "flite"]
 
 # apt-get stub: logs its arguments; `install` refuses unknown packages like apt and otherwise creates what each
 # package provides (executables in bin/, markers in state/ that the other stubs answer from).
@@ -63,6 +63,7 @@ class Machine:
         self.provides = {
             "python3.11": {"python3.11": PYTHON.format(name="python3.11", version="3.11.2", root=root)},
             "gcc": {"gcc": COMPILER, "x86_64-linux-gnu-gcc": COMPILER},
+            "flite": {"flite": COMPILER},
         }
         self._stub("ldconfig", f"[ -e {root}/state/libsndfile1 ] && echo '\tlibsndfile.so.1 (libc6,x86-64) => x'\n")
         self._stub("id", f"echo {uid}\n")
@@ -110,7 +111,7 @@ def test_nothing_missing_installs_nothing(tmp_path, mode):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
         "setup: system packages: nothing to install "
-        "(Python 3.11: python3.11, C compiler: x86_64-linux-gnu-gcc, libsndfile)"
+        "(Python 3.11: python3.11, C compiler: x86_64-linux-gnu-gcc, libsndfile, flite)"
     )
     assert m.calls("apt-get") == []
     _check_no_venv_or_pip(m)
@@ -121,7 +122,7 @@ def test_everything_missing_dry_run_names_the_apt_command(tmp_path):
     r = m.run("--dry-run")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
-        "setup: missing libsndfile.so.1, Python 3.11, C compiler gcc; "
+        "setup: missing libsndfile.so.1, Python 3.11, C compiler gcc, flite; "
         f"would run: apt-get install -y {' '.join(EVERYTHING)}"
     )
     assert m.calls("apt-get") == []
@@ -142,10 +143,12 @@ def test_everything_missing_as_root_installs_and_redetects(tmp_path):
     ("installed", "expected"),
     [
         # python:3.11-slim: its own Python with headers and ensurepip, but no compiler.
-        (["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev"], ["gcc", "libc6-dev"]),
+        (["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev", "flite"], ["gcc", "libc6-dev"]),
         # Debian 12 with its python3.11 only.
-        (["python3.11"], ["libsndfile1", "python3.11-venv", "python3.11-dev", "gcc", "libc6-dev"]),
-        (["libsndfile1", "python3.11", "python3.11-venv", "gcc"], ["python3.11-dev"]),
+        (["python3.11"], ["libsndfile1", "python3.11-venv", "python3.11-dev", "gcc", "libc6-dev", "flite"]),
+        (["libsndfile1", "python3.11", "python3.11-venv", "gcc", "flite"], ["python3.11-dev"]),
+        # Everything but the speech synthesizer of `seqwin prepare voices`.
+        (EVERYTHING[:-1], ["flite"]),
     ],
 )
 def test_installs_only_what_is_missing(tmp_path, installed, expected):
@@ -157,7 +160,7 @@ def test_installs_only_what_is_missing(tmp_path, installed, expected):
 
 @pytest.mark.parametrize("mode", ["--dry-run", "--system-only"])
 def test_not_root_without_sudo_names_the_packages(tmp_path, mode):
-    m = Machine(tmp_path, installed=["libsndfile1", "python3.11"], uid=1000)
+    m = Machine(tmp_path, installed=["libsndfile1", "python3.11", "flite"], uid=1000)
     r = m.run(mode)
     assert r.returncode == 1
     lines = r.stderr.splitlines()
@@ -168,7 +171,8 @@ def test_not_root_without_sudo_names_the_packages(tmp_path, mode):
 
 
 def test_not_root_with_sudo_installs_through_sudo(tmp_path):
-    m = Machine(tmp_path, installed=["python3.11", "python3.11-venv", "python3.11-dev", "gcc"], uid=1000, sudo=True)
+    m = Machine(tmp_path, installed=["python3.11", "python3.11-venv", "python3.11-dev", "gcc", "flite"], uid=1000,
+                sudo=True)
     assert "would run: sudo apt-get install -y libsndfile1" in m.run("--dry-run").stdout
     r = m.run("--system-only")
     assert r.returncode == 0, r.stderr
@@ -179,7 +183,8 @@ def test_not_root_with_sudo_installs_through_sudo(tmp_path):
 
 
 def test_no_apt_get_names_the_packages(tmp_path):
-    m = Machine(tmp_path, installed=["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev"], apt=False)
+    m = Machine(tmp_path, installed=["libsndfile1", "python3.11", "python3.11-venv", "python3.11-dev", "flite"],
+                apt=False)
     r = m.run("--system-only")
     assert r.returncode == 1
     assert r.stderr.splitlines() == [

@@ -55,6 +55,8 @@ detect() {
   fi
   # libc6-dev is only a Recommends of gcc, and apt may be set to skip those; pesq needs the libc headers.
   command -v "$compiler" >/dev/null || { need+=(gcc libc6-dev); why+=("C compiler $compiler"); }
+  # Speech synthesis for `seqwin prepare voices` (other speakers than the mini corpus's one).
+  command -v flite >/dev/null || { need+=(flite); why+=("flite"); }
 }
 
 # "missing A, B, C" from detect's why.
@@ -87,7 +89,7 @@ if [ ${#need[@]} -gt 0 ]; then
   detect
   [ ${#need[@]} -eq 0 ] || fail "after apt-get install, still $(describe)"
 elif [ "$mode" != all ]; then
-  echo "setup: system packages: nothing to install (Python 3.11: $py, C compiler: $compiler, libsndfile)"
+  echo "setup: system packages: nothing to install (Python 3.11: $py, C compiler: $compiler, libsndfile, flite)"
 fi
 [ "$mode" = all ] || exit 0
 

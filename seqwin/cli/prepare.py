@@ -4,6 +4,10 @@ seqwin prepare mini OUT                       Asterisk prompts -> small LibriSpe
 seqwin prepare librispeech ROOT OUT           LibriSpeech-layout tree -> fairseq manifests
 seqwin prepare text shakespeare OUT           Gutenberg Shakespeare -> train/valid/test .txt
 seqwin prepare text files A.txt [B.txt ...] OUT
+seqwin prepare voices OUT --mini MINI --text TEXT  other (flite) voices reading the mini prompts and Shakespeare
+seqwin prepare shifted MINI OUT               pitch/tempo-shifted copies of the test split
+seqwin prepare multilingual OUT               Asterisk prompts in es/fr/it/ru, unlabeled (SSL manifests)
+seqwin prepare merge OUT --split NAME A.tsv B.tsv ...   one split from several manifests
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
+from seqwin.cli import prepare_speech
 from seqwin.errors import UserError
 
 
@@ -65,6 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     files.add_argument("inputs", type=Path, nargs="+", metavar="FILE")
     files.add_argument("out", type=Path, metavar="OUT")
     files.set_defaults(func=_run_files)
+
+    prepare_speech.add_parsers(sub)
 
 
 def _run_mini(args: argparse.Namespace) -> int:
