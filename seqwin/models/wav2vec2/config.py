@@ -43,12 +43,22 @@ class FrontendConfig:
     """``logmel``: consecutive 10 ms frames concatenated into one feature (2 -> 20 ms, like the conv frontend)."""
     time_stretch: float = 0.0
     """``logmel``, training only: resample each utterance's frames by a random factor in [1 - x, 1 + x]."""
+    freq_warp: float = 0.0
+    """``logmel``, training only: stretch each utterance's mel axis by a random factor in [1 - x, 1 + x] (a shift
+    of pitch and formants, as vocal tract length perturbation does)."""
+    noise_p: float = 0.0
+    """``logmel``, training only: the probability that white noise is added to an utterance's waveform."""
+    noise_snr_db: float = 10.0
+    """``logmel``: the lowest signal-to-noise ratio of that noise; each noisy utterance draws one in [x, x + 20] dB."""
 
     def validate(self) -> None:
         if self.num_mel_bins < 8 or self.stack < 1:
             raise ValueError(f"need num_mel_bins >= 8 and stack >= 1, got {self.num_mel_bins}, {self.stack}")
-        if not 0.0 <= self.time_stretch < 0.5:
-            raise ValueError(f"time_stretch must be in [0, 0.5), got {self.time_stretch}")
+        for name in ("time_stretch", "freq_warp"):
+            if not 0.0 <= getattr(self, name) < 0.5:
+                raise ValueError(f"frontend.{name} must be in [0, 0.5), got {getattr(self, name)}")
+        if not 0.0 <= self.noise_p <= 1.0:
+            raise ValueError(f"frontend.noise_p must be in [0, 1], got {self.noise_p}")
 
     @property
     def feature_dim(self) -> int:
@@ -200,5 +210,6 @@ def asr_config_from_ssl(ssl: SeqwinWav2Vec2Config, base: SeqwinWav2Vec2AsrConfig
     for k, v in keep.items():
         setattr(out.model.encoder_config, k, v)
     # the features must be the SSL model's; training-time augmentation stays the fine-tuning config's
-    out.frontend = dataclasses.replace(ssl.frontend, time_stretch=base.frontend.time_stretch)
+    augment = {k: getattr(base.frontend, k) for k in ("time_stretch", "freq_warp", "noise_p", "noise_snr_db")}
+    out.frontend = dataclasses.replace(ssl.frontend, **augment)
     return out

@@ -51,7 +51,8 @@ class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
     def create_feature_extractor(self) -> SequenceFeatureExtractor:
         if self._frontend.kind == "logmel":
             f = self._frontend
-            return LogMelFeatureExtractor(f.num_mel_bins, f.stack, f.time_stretch)
+            return LogMelFeatureExtractor(f.num_mel_bins, f.stack, f.time_stretch, f.freq_warp, f.noise_p,
+                                          f.noise_snr_db)
         return super().create_feature_extractor()
 
     def create_encoder(self) -> TransformerEncoder:
