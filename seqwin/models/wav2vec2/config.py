@@ -34,6 +34,10 @@ SSL_FAMILY = "seqwin_wav2vec2"
 ASR_FAMILY = "seqwin_wav2vec2_asr"
 
 
+AUGMENT_FIELDS = ("time_stretch", "freq_warp", "noise_p", "noise_snr_db")
+"""The ``FrontendConfig`` fields that only act in training: a fine-tuning config's, not the SSL model's."""
+
+
 @dataclass(kw_only=True)
 class FrontendConfig:
     kind: Literal["conv", "logmel"] = "conv"
@@ -56,9 +60,9 @@ class FrontendConfig:
             raise ValueError(f"need num_mel_bins >= 8 and stack >= 1, got {self.num_mel_bins}, {self.stack}")
         for name in ("time_stretch", "freq_warp"):
             if not 0.0 <= getattr(self, name) < 0.5:
-                raise ValueError(f"frontend.{name} must be in [0, 0.5), got {getattr(self, name)}")
+                raise ValueError(f"{name} must be in [0, 0.5), got {getattr(self, name)}")
         if not 0.0 <= self.noise_p <= 1.0:
-            raise ValueError(f"frontend.noise_p must be in [0, 1], got {self.noise_p}")
+            raise ValueError(f"noise_p must be in [0, 1], got {self.noise_p}")
 
     @property
     def feature_dim(self) -> int:
@@ -210,6 +214,6 @@ def asr_config_from_ssl(ssl: SeqwinWav2Vec2Config, base: SeqwinWav2Vec2AsrConfig
     for k, v in keep.items():
         setattr(out.model.encoder_config, k, v)
     # the features must be the SSL model's; training-time augmentation stays the fine-tuning config's
-    augment = {k: getattr(base.frontend, k) for k in ("time_stretch", "freq_warp", "noise_p", "noise_snr_db")}
+    augment = {k: getattr(base.frontend, k) for k in AUGMENT_FIELDS}
     out.frontend = dataclasses.replace(ssl.frontend, **augment)
     return out

@@ -29,6 +29,7 @@ from torch import nn
 from seqwin.attention import LayerAttentionConfig
 from seqwin.attention.fairseq2 import make_sdpa
 from seqwin.models.wav2vec2.config import (
+    AUGMENT_FIELDS,
     FrontendConfig,
     SeqwinWav2Vec2AsrConfig,
     SeqwinWav2Vec2Config,
@@ -51,8 +52,7 @@ class SeqwinEncoderFactory(Wav2Vec2EncoderFactory):
     def create_feature_extractor(self) -> SequenceFeatureExtractor:
         if self._frontend.kind == "logmel":
             f = self._frontend
-            return LogMelFeatureExtractor(f.num_mel_bins, f.stack, f.time_stretch, f.freq_warp, f.noise_p,
-                                          f.noise_snr_db)
+            return LogMelFeatureExtractor(f.num_mel_bins, f.stack, **{k: getattr(f, k) for k in AUGMENT_FIELDS})
         return super().create_feature_extractor()
 
     def create_encoder(self) -> TransformerEncoder:

@@ -59,7 +59,7 @@ class LogMelFeatureExtractor(SequenceFeatureExtractor):
             feats = ((feats - mean) / (var + 1e-5).sqrt()) * valid
             padded = seqs_layout.padded
             if self.training and self.freq_warp > 0.0:
-                feats = self._warp(feats) * valid
+                feats = self._warp(feats)  # a padding frame is all zeros, and so is its warp
             if self.training and self.time_stretch > 0.0:
                 feats, frame_lens = self._stretch(feats, frame_lens)
                 padded = True
