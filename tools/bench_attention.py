@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from bench_common import reset_peak_rss, run_case, status_kb
+from bench_common import cpu_name, reset_peak_rss, run_case, status_kb
 
 SWA_METHODS = ["seqwin", "seqwin_pooled", "flex", "dense_masked", "dense_causal", "local_attention"]
 ROUTING_METHODS = ["seqwin_routing", "seqwin_routing_causal", "seqwin_window", "dense", "lucidrains_routing"]
@@ -262,7 +262,7 @@ def main() -> None:
     import torch
 
     info = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": dtype,
         "heads": args.heads, "routing_heads": args.routing_heads, "dim": args.dim, "pool_size": args.pool_size,
         "matmul_gflops": _matmul_gflops(args.device, dtype),
@@ -306,16 +306,6 @@ def main() -> None:
         written.append("attention.png")
     print(_table(info, rows))
     print(f"wrote {', '.join(f'{args.out}/{name}' for name in written)} in {info['seconds']:.0f} s")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return "cpu"
 
 
 def _table(info: dict, rows: list[dict]) -> str:

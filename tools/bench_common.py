@@ -14,6 +14,17 @@ import sys
 from pathlib import Path
 
 
+def cpu_name() -> str:
+    """The CPU's model name and core count, from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return "cpu"
+
+
 def status_kb(field: str) -> int:
     """A ``/proc/self/status`` field in kB (``VmRSS``: resident now, ``VmHWM``: high-water mark)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,13 +38,6 @@ WORKLOADS = {
                                                               "model.variant=none", "teachers.transcripts=none",
                                                               "data.valid_utterances=0"]),
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def train(workload: str, precision: str, args: argparse.Namespace) -> dict:

@@ -44,7 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     multi.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
     multi.set_defaults(func=_run_multilingual)
 
-    merge = sub.add_parser("merge", help="merge manifests into new splits (e.g. mini + voices)")
+    # OUT goes first: after `--split NAME TSV...` argparse would take it for one more TSV
+    merge = sub.add_parser("merge", help="merge manifests into new splits (e.g. mini + voices)",
+                           usage="seqwin prepare merge OUT --split NAME TSV [TSV ...] [--split NAME TSV ...]")
     merge.add_argument("out", type=Path, metavar="OUT", help="manifest directory to write")
     merge.add_argument("--split", nargs="+", action="append", required=True, metavar=("NAME", "TSV"),
                        help="a split NAME made of the given .tsv manifests (repeat for more splits)")

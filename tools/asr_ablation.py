@@ -1,0 +1,235 @@
+"""What makes the CTC model generalize: SSL init vs scratch, English vs multilingual SSL, augmentation, extra voices.
+
+Every variant fine-tunes the demo's CTC recipe (recipes/wav2vec2/asr/mini.yaml, same steps and schedule) and is
+scored greedy on the mini test split, its pitch/tempo-shifted copies and a synthetic voice held out of training:
+
+    scratch          CTC from random init
+    ssl_en           CTC from SSL on the mini corpus (the demo's pipeline)
+    ssl_multi        CTC from SSL on the mini corpus + the Asterisk prompts in es/fr/it/ru (unlabeled)
+    ssl_en_aug       ssl_en with mel-axis warping (freq_warp 0.1) and white noise (p 0.5, SNR 10-30 dB) in CTC
+    ssl_en_voices    ssl_en with CTC on the mini corpus + the festival/flite voices' training split
+
+Runs live under ``--out/runs`` (``ssl/<corpus>/seed<S>``, ``ctc/<variant>/seed<S>``, ``eval/<variant>/seed<S>``);
+one that finished (its model.pt or summary.json exists) is not run again, so an interrupted sweep resumes. Up to
+``--jobs`` trainings run at once, each with cpu_count/jobs threads. Writes ``asr_ablation.json`` (per variant and
+split: CER/WER of every seed, mean, min, max) and ``asr_ablation.png`` (mean CER, min-max bars) under ``--out``.
+
+    seqwin prepare shifted data/mini data/mini_shifted                         # after egs/mini stages 1-3
+    seqwin prepare multilingual data/multilingual
+    seqwin prepare voices --mini data/mini --text data/text data/voices
+    python tools/asr_ablation.py --data data --seeds 0 1 --all-seeds scratch ssl_en
+    python tools/asr_ablation.py --variants scratch ssl_en --ctc-steps 20 --ssl-steps 10 ...   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench_common import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+SSL_RECIPE = "recipes/wav2vec2/ssl/mini.yaml"
+CTC_RECIPE = "recipes/wav2vec2/asr/mini.yaml"
+SHIFTS = ("pitch-3", "pitch+3", "tempo0.9", "tempo1.1")
+
+
+@dataclass(frozen=True)
+class Variant:
+    ssl: str | None  # SSL corpus ("en", "multi") or None for random init
+    ctc_data: str = "mini"  # CTC training corpus ("mini", "voices")
+    sets: tuple[str, ...] = ()  # extra --set overrides of the CTC recipe
+
+
+VARIANTS = {
+    "scratch": Variant(ssl=None),
+    "ssl_en": Variant(ssl="en"),
+    "ssl_multi": Variant(ssl="multi"),
+    "ssl_en_aug": Variant(ssl="en", sets=("model.config.frontend.freq_warp=0.1",
+                                          "model.config.frontend.noise_p=0.5")),
+    "ssl_en_voices": Variant(ssl="en", ctc_data="voices"),
+}
+
+
+def merged(out: Path, name: str, splits: dict[str, list[Path]]) -> Path:
+    """A manifest folder joining several corpora (``seqwin prepare merge``), made once."""
+    folder = out / "data" / name
+    if not (folder / "train.tsv").is_file():
+        cmd = [sys.executable, "-m", "seqwin.cli.main", "prepare", "merge", str(folder)]
+        for split, tsvs in splits.items():
+            cmd += ["--split", split, *map(str, tsvs)]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return folder
+
+
+def corpora(data: Path, out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Manifest folders: SSL corpora and CTC corpora by name. Validation is always the mini dev split."""
+    mini = data / "mini" / "manifests"
+    ssl = {"en": mini, "multi": merged(out, "ssl_multi", {
+        "train": [mini / "train.tsv", data / "multilingual" / "manifests" / "train.tsv"], "dev": [mini / "dev.tsv"]})}
+    ctc = {"mini": mini, "voices": merged(out, "ctc_voices", {
+        "train": [mini / "train.tsv", data / "voices" / "manifests" / "train.tsv"], "dev": [mini / "dev.tsv"]})}
+    return ssl, ctc
+
+
+def run(cmd: list[str], log: Path, threads: int) -> None:
+    """One seqwin command, its output in ``log``; a failure stops the sweep with the log's last lines."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.monotonic()
+    with open(log, "w") as f:
+        rc = subprocess.run([sys.executable, "-m", "seqwin.cli.main", *cmd], stdout=f, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env=env).returncode
+    tail = "\n".join(log.read_text().splitlines()[-5:])
+    if rc != 0:
+        raise SystemExit(f"asr_ablation: `seqwin {' '.join(cmd)}` failed (rc {rc}), see {log}:\n{tail}")
+    print(f"  done in {time.monotonic() - start:.0f} s: seqwin {' '.join(cmd[:2])} -> {cmd[-1]}", flush=True)
+
+
+def train(task: str, recipe: str, out_dir: Path, sets: list[str], threads: int) -> None:
+    if (out_dir / "model.pt").is_file():
+        return
+    cmd = [task, "--config", str(ROOT / recipe)]
+    for kv in [*sets, "trainer.max_seconds=null"]:  # the step count alone ends a run, however busy the machine
+        cmd += ["--set", kv]
+    run(["train", *cmd, str(out_dir)], out_dir.parent / f"{out_dir.name}.log", threads)
+
+
+def test_splits(data: Path) -> dict[str, Path]:
+    shifted = data / "mini_shifted" / "manifests"
+    return {"test": data / "mini" / "manifests" / "test.tsv",
+            **{f"test_{s}": shifted / f"test_{s}.tsv" for s in SHIFTS},
+            "heldout_voice": data / "voices" / "manifests" / "heldout_voice.tsv"}
+
+
+def steps_override(steps: int) -> list[str]:
+    """``--set``s for a run of ``steps`` steps (warm-up a tenth of them), or none to keep the recipe's schedule."""
+    return [f"trainer.max_steps={steps}", f"trainer.warmup_steps={steps // 10}"] if steps else []
+
+
+def seeds_of(variant: str, args: argparse.Namespace) -> list[int]:
+    """Every seed for the variants in ``--all-seeds`` (all when not given), the first seed for the others."""
+    return args.seeds if args.all_seeds is None or variant in args.all_seeds else args.seeds[:1]
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    runs = args.out / "runs"
+    ssl_data, ctc_data = corpora(args.data, args.out)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    ssl_steps, ctc_steps = steps_override(args.ssl_steps), steps_override(args.ctc_steps)
+    pool = ThreadPoolExecutor(args.jobs)
+
+    def ssl_job(corpus: str, seed: int) -> None:
+        train("ssl", SSL_RECIPE, runs / "ssl" / corpus / f"seed{seed}",
+              [f"data.manifest_dir={ssl_data[corpus]}", f"trainer.seed={seed}", *ssl_steps], threads)
+
+    def ctc_job(name: str, seed: int) -> None:
+        v = VARIANTS[name]
+        init = [f"init.ssl_checkpoint={runs / 'ssl' / v.ssl / f'seed{seed}' / 'model.pt'}"] if v.ssl else []
+        train("asr", CTC_RECIPE, runs / "ctc" / name / f"seed{seed}",
+              [f"data.manifest_dir={ctc_data[v.ctc_data]}", f"trainer.seed={seed}", *init, *v.sets, *ctc_steps],
+              threads)
+
+    # seed-major order: an interrupted sweep has every variant's first seed before any second one
+    jobs = [(n, s) for s in args.seeds for n in args.variants if s in seeds_of(n, args)]
+    list(pool.map(lambda job: ssl_job(*job), dict.fromkeys((VARIANTS[n].ssl, s) for n, s in jobs if VARIANTS[n].ssl)))
+    list(pool.map(lambda job: ctc_job(*job), jobs))
+
+    splits = test_splits(args.data)
+    results: dict = {}
+    for name in args.variants:
+        for seed in seeds_of(name, args):
+            eval_dir = runs / "eval" / name / f"seed{seed}"
+            if not (eval_dir / "summary.json").is_file():
+                run(["eval", "asr", "--checkpoint", str(runs / "ctc" / name / f"seed{seed}" / "model.pt"),
+                     "--device", "cpu", "--data", *map(str, splits.values()), str(eval_dir)],
+                    eval_dir.parent / f"seed{seed}.log", os.cpu_count() or 1)
+            summary = json.loads((eval_dir / "summary.json").read_text())["splits"]
+            for split in splits:
+                row = results.setdefault(name, {}).setdefault(split, {"cer": [], "wer": []})
+                row["cer"].append(summary[split]["cer"])
+                row["wer"].append(summary[split]["wer"])
+    for row in (r for variant in results.values() for r in variant.values()):
+        for key in ("cer", "wer"):
+            row[f"{key}_mean"] = statistics.fmean(row[key])
+            row[f"{key}_min"], row[f"{key}_max"] = min(row[key]), max(row[key])
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(next(iter(results.values())))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(1.4 * len(splits) + 2, 3.6))
+    for i, (name, rows) in enumerate(results.items()):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(splits))]
+        means = [rows[s]["cer_mean"] for s in splits]
+        spread = [[m - rows[s]["cer_min"] for s, m in zip(splits, means, strict=True)],
+                  [rows[s]["cer_max"] - m for s, m in zip(splits, means, strict=True)]]
+        ax.bar(xs, means, width, yerr=spread, capsize=2, label=name)
+    ax.set_xticks(range(len(splits)), splits, rotation=20, fontsize=8)
+    ax.set_ylabel("CER % (greedy), mean over seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(results: dict) -> str:
+    splits = list(next(iter(results.values())))
+    lines = ["| variant | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    for name, rows in results.items():
+        cells = [f"{rows[s]['cer_mean']:.1f} ({rows[s]['cer_min']:.1f}-{rows[s]['cer_max']:.1f})" for s in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("data"),
+                   help="folder holding mini/, mini_shifted/, multilingual/ and voices/ (seqwin prepare ...)")
+    p.add_argument("--out", type=Path, default=Path("bench_out/asr_ablation"))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--all-seeds", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
+                   help="only these variants run every seed, the others the first (default: all run every seed)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings at once (each gets cpu_count/jobs threads)")
+    p.add_argument("--ssl-steps", type=int, default=0, help="override the SSL recipe's steps and warm-up (0: keep)")
+    p.add_argument("--ctc-steps", type=int, default=0, help="override the CTC recipe's steps and warm-up (0: keep)")
+    args = p.parse_args()
+    args.data, args.out = args.data.resolve(), args.out.resolve()
+    missing = [str(t) for t in test_splits(args.data).values() if not t.is_file()]
+    if missing:
+        raise SystemExit(f"asr_ablation: missing test manifests (see this script's help): {', '.join(missing)}")
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from seqwin.training.precision import resolve_precision
+
+    start = time.monotonic()
+    results = sweep(args)
+    report = {"machine": {"cpu": cpu_name(), "jobs": args.jobs},
+              "precision": resolve_precision("auto", torch.device("cpu")),
+              "seeds": {n: seeds_of(n, args) for n in args.variants},
+              "ssl_steps": args.ssl_steps or "recipe", "ctc_steps": args.ctc_steps or "recipe",
+              "variants": {n: VARIANTS[n].__dict__ for n in args.variants}, "results": results,
+              "seconds": time.monotonic() - start}
+    (args.out / "asr_ablation.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(results, args.out / "asr_ablation.png")
+    print(table(results))
+    print(f"wrote {args.out / 'asr_ablation.json'} and asr_ablation.png")
+
+
+if __name__ == "__main__":
+    main()
