@@ -125,7 +125,6 @@ def sweep(args: argparse.Namespace) -> dict:
     ssl_data, ctc_data = corpora(args.data, args.out)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     ssl_steps, ctc_steps = steps_override(args.ssl_steps), steps_override(args.ctc_steps)
-    pool = ThreadPoolExecutor(args.jobs)
 
     def ssl_job(corpus: str, seed: int) -> None:
         train("ssl", SSL_RECIPE, runs / "ssl" / corpus / f"seed{seed}",
@@ -140,8 +139,10 @@ def sweep(args: argparse.Namespace) -> dict:
 
     # seed-major order: an interrupted sweep has every variant's first seed before any second one
     jobs = [(n, s) for s in args.seeds for n in args.variants if s in seeds_of(n, args)]
-    list(pool.map(lambda job: ssl_job(*job), dict.fromkeys((VARIANTS[n].ssl, s) for n, s in jobs if VARIANTS[n].ssl)))
-    list(pool.map(lambda job: ctc_job(*job), jobs))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: ssl_job(*job),
+                      dict.fromkeys((VARIANTS[n].ssl, s) for n, s in jobs if VARIANTS[n].ssl)))
+        list(pool.map(lambda job: ctc_job(*job), jobs))
 
     splits = test_splits(args.data)
     results: dict = {}
