@@ -189,7 +189,8 @@ RECIPE_ATTENTION = {
     "lm/mini_speech.yaml": "2 x local(255,0) + 1 x mixed(2x(255,0)+2xrouting)",
     "lm/rt_wikitext103.yaml": "8 x local(255,0) + 2 x mixed(8x(255,0)+8xrouting)",
     "lm/rt_pg19.yaml": "18 x local(255,0) + 4 x mixed(8x(255,0)+8xrouting)",
-    "codec/mini.yaml": "2 x local(64,0)",
+    "codec/mini.yaml": "2 x local(32,32)",
+    "codec/mini_long.yaml": "2 x local(32,32)",
     "codec/fusecodec_librispeech.yaml": None,  # LSTM bottleneck: no attention
 }
 

@@ -105,3 +105,13 @@ def test_discriminators_shapes_and_gradients():
     assert len(logits) == len(feats) == 6 and all(lg.shape[0] == 2 for lg in logits)
     generator_adversarial_loss(logits).backward()
     assert wave.grad is not None and torch.isfinite(wave.grad).all()
+
+
+def test_short_mel_scales_get_fewer_bands_and_none_is_empty():
+    mel = MultiScaleMelLoss(16000, (64, 128, 2048), 64)
+    bands = [m.n_mels for m in mel.mels]
+    assert bands == [8, 16, 64]
+    for m in mel.mels:  # every triangular filter covers at least one FFT bin
+        assert bool((m.mel_scale.fb.sum(0) > 0).all())
+    x = torch.from_numpy(speechlike(0.5))[None]
+    assert float(mel(x, x)) == 0.0 and float(mel(0.5 * x, x)) > 0.3

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_codec_util import tiny_codec_config, write_corpus
+from test_codec_util import speechlike, tiny_codec_config, write_corpus
 
 from seqwin.models.codec import checkpoint as codec_checkpoint
 from seqwin.models.codec import create_codec
 from seqwin.models.codec.discriminators import DiscriminatorConfig
+from seqwin.models.codec.losses import MultiScaleMelLoss
 from seqwin.recipes.codec.config import CodecRecipeConfig
-from seqwin.recipes.codec.train import GanStep, latent_offset, train_codec
+from seqwin.recipes.codec.train import GanStep, latent_offset, train_codec, validate_codec
 from seqwin.training import TrainerConfig, load_config
 from seqwin.training.checkpoint import safe_load
 from seqwin.training.config import ConfigError
@@ -150,7 +151,7 @@ def test_discriminator_update_leaves_no_generator_side_effects(tmp_path):
     assert values["d_loss"] > 0 and units == int(batch.seq_lens.sum())
 
 
-@pytest.mark.parametrize("name", ["mini", "fusecodec_librispeech"])
+@pytest.mark.parametrize("name", ["mini", "mini_long", "fusecodec_librispeech"])
 def test_shipped_configs_load(name):
     cfg = load_config(CodecRecipeConfig, RECIPES / f"{name}.yaml")
     assert cfg.model.hop_length == 320 and cfg.model.frame_rate == 50.0
@@ -184,3 +185,27 @@ def test_latent_offset_flags_a_cloud_far_from_the_origin():
     cloud = torch.randn(200, 8)
     assert latent_offset(cloud) < 0.5  # centred: the mean is small against the spread
     assert latent_offset(cloud + 10.0) > 5.0  # far off-centre (the collapsing attention mini codec: about 5)
+
+
+def test_validation_scores_stoi_pesq_and_the_recognizer(tmp_path):
+    manifests = write_corpus(tmp_path / "corpus", count=3, seconds=1.2)
+    cfg = _recipe(manifests, 1)
+    model = create_codec(cfg.model).eval()
+    waves = [torch.from_numpy(speechlike(1.5, seed=k)) for k in range(2)]
+    mel = MultiScaleMelLoss(16000, (256, 512), 32)
+    plain = validate_codec(model, waves, mel)
+    assert 0.0 <= plain["stoi"] <= 1.0 and 1.0 <= plain["pesq"] <= 4.6
+    assert "wer_recon" not in plain
+    scored = validate_codec(model, waves, mel, ["HELLO WORLD", "GOOD MORNING"])
+    # an untrained codec's output is not speech: every reference word is missed or substituted
+    assert 0.0 <= scored["wer_original"] and scored["wer_recon"] >= 0.5
+    assert validate_codec(model, waves, mel, ["", ""]).keys() == plain.keys()  # no reference words: no WER
+
+
+def test_valid_asr_scores_the_valid_split_whole(tmp_path):
+    manifests = write_corpus(tmp_path / "corpus", count=4)
+    cfg = _recipe(manifests, 2)
+    cfg.data.valid_asr, cfg.data.valid_max_seconds = True, 0.1
+    train_codec(cfg, tmp_path / "run")
+    valid = read_metrics(tmp_path / "run", "valid")[-1]
+    assert {"stoi", "pesq", "wer_original", "wer_recon"} <= set(valid)

@@ -73,13 +73,17 @@ class LossWeights:
 
 
 class MultiScaleMelLoss(nn.Module):
-    """Mean over scales of the L1 distance between log-mel spectrograms (``log(max(mel, 1e-5))``)."""
+    """Mean over scales of the L1 distance between log-mel spectrograms (``log(max(mel, 1e-5))``).
+
+    A scale gets ``min(n_mels, n_fft // 8)`` mel bands: a short window has few FFT bins, and a mel filter narrower
+    than a bin would be empty (DAC's scales keep about n_fft / 6 bands for the same reason). The short windows are
+    what time onsets and bursts; the long ones resolve the harmonics."""
 
     def __init__(self, sample_rate: int, ffts: tuple[int, ...] = (512, 1024, 2048), n_mels: int = 64) -> None:
         super().__init__()
         self.mels = nn.ModuleList(
-            MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=n_mels, power=1.0, center=True,
-                           f_min=0.0, f_max=sample_rate / 2, norm="slaney", mel_scale="slaney")
+            MelSpectrogram(sample_rate, n_fft=n, hop_length=n // 4, n_mels=min(n_mels, n // 8), power=1.0,
+                           center=True, f_min=0.0, f_max=sample_rate / 2, norm="slaney", mel_scale="slaney")
             for n in ffts
         )
 

@@ -32,6 +32,9 @@ class CodecDataConfig:
     """Shorter utterances are skipped (counted and logged)."""
     valid_utterances: int = 8
     valid_max_seconds: float = 10.0
+    valid_asr: bool = False
+    """Also score pocketsphinx's WER on the valid utterances and their reconstructions at each validation (needs
+    the split's ``.wrd``; about a second per utterance)."""
     strict: bool = False
     """Rows whose audio header is unusable (empty, unreadable, wrong sample rate, zero or stale length) are skipped
     and counted when the data is opened; ``true``: the first one is an error naming the manifest line."""

@@ -35,6 +35,7 @@ from seqwin.models.codec.losses import (
 )
 from seqwin.recipes.codec.config import CodecRecipeConfig
 from seqwin.recipes.codec.data import SegmentBatch, SegmentDataset, read_split
+from seqwin.recipes.codec.metrics import PocketSphinx, mean_or_none, normalize_words, pesq_wb, stoi, word_error_rate
 from seqwin.recipes.codec.teacher_features import TeacherFeatures, teacher_batch_to
 from seqwin.training import StepContext, Trainer, to_yaml
 from seqwin.training.checks import check_batches_per_step
@@ -144,11 +145,15 @@ def latent_offset(z: Tensor) -> float:
 
 
 @torch.no_grad()
-def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss) -> dict[str, float]:
-    """Reconstruction metrics over whole utterances (eval mode: all quantizers, no codebook updates)."""
+def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss, texts: list[str] | None = None,
+                   ) -> dict[str, float]:
+    """Reconstruction metrics over whole utterances (eval mode: all quantizers, no codebook updates): mel distance,
+    waveform L1, SI-SNR, STOI and wide-band PESQ, so the metrics file holds their curves over the steps; with
+    ``texts`` (the references), also pocketsphinx's WER on the originals and on the reconstructions."""
     device = next(model.parameters()).device
+    sample_rate = model.cfg.sample_rate
     totals = {"mel_distance": 0.0, "waveform_l1": 0.0, "si_snr": 0.0, "rms_ratio": 0.0, "latent_offset": 0.0}
-    codes = []
+    codes, stois, pesqs, recons = [], [], [], []
     for wave in waves:
         x = wave.to(device)[None]
         out = model(x)
@@ -160,7 +165,21 @@ def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss) ->
         totals["rms_ratio"] += float(out.recon.std() / x.std().clamp_min(1e-8))
         totals["latent_offset"] += latent_offset(out.latent[0])
         codes.append(out.codes[0].cpu())
+        ref, recon = wave.numpy(), out.recon[0].float().cpu().numpy()
+        stois.append(stoi(ref, recon, sample_rate))
+        pesqs.append(pesq_wb(ref, recon, sample_rate))
+        recons.append(recon)
     values = {k: v / max(1, len(waves)) for k, v in totals.items()}
+    for name, scores in (("stoi", stois), ("pesq", pesqs)):
+        mean = mean_or_none(scores)
+        if mean is not None:
+            values[name] = mean
+    if texts is not None:
+        asr = PocketSphinx(sample_rate)
+        for name, audio in (("wer_original", [w.numpy() for w in waves]), ("wer_recon", recons)):
+            wer = word_error_rate(texts, [asr(a) for a in audio])
+            if wer is not None:  # None: no valid utterance has a non-empty transcript
+                values[name] = wer
     if codes:
         stats = codebook_stats(torch.cat(codes, dim=1), model.cfg.quantizer.codebook_size)
         for i, (u, p) in enumerate(zip(stats["usage"], stats["perplexity"], strict=True)):
@@ -188,12 +207,15 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
                             min_samples=max(1, int(d.min_seconds * m.sample_rate)), strict=d.strict)
     check_batches_per_step(len(train_utts), d.batch_size, world_size, "data.batch_size",
                            f"utterances of {d.train_split}", "lower data.batch_size")
-    valid_waves = []
+    valid_waves, valid_texts = [], None
     if d.valid_utterances:
-        valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=False, sample_rate=m.sample_rate,
+        valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=d.valid_asr, sample_rate=m.sample_rate,
                                 strict=d.strict)[: d.valid_utterances]
-        limit = int(d.valid_max_seconds * m.sample_rate)
+        # the WER references are whole transcripts, so the utterances are scored whole (valid_max_seconds
+        # crops only when the recognizer is off)
+        limit = None if d.valid_asr else int(d.valid_max_seconds * m.sample_rate)
         valid_waves = [torch.from_numpy(read_audio(u.path, sample_rate=m.sample_rate)[:limit]) for u in valid_utts]
+        valid_texts = [normalize_words(u.text or "") for u in valid_utts] if d.valid_asr else None
     teachers = TeacherFeatures(cfg, cfg.teachers.cache_dir or out_dir / "teacher_cache")
     teachers.prepare(train_utts)
 
@@ -209,7 +231,7 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
     mel_metric = MultiScaleMelLoss(m.sample_rate, cfg.mel.ffts, cfg.mel.n_mels).to(device)
     trainer = Trainer(
         t, model, out_dir, step_fn=step, batches=dataset.batches,
-        valid_fn=(lambda model: validate_codec(model, valid_waves, mel_metric)) if valid_waves else None,
+        valid_fn=(lambda model: validate_codec(model, valid_waves, mel_metric, valid_texts)) if valid_waves else None,
         extras={"discriminator": disc, "d_optimizer": d_opt, "d_scheduler": d_sched},
         before_step=step.before_step, unit="samples",
     )
