@@ -146,10 +146,12 @@ def latent_offset(z: Tensor) -> float:
 
 @torch.no_grad()
 def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss, texts: list[str] | None = None,
-                   ) -> dict[str, float]:
+                   original_hyps: list[str] | None = None) -> dict[str, float]:
     """Reconstruction metrics over whole utterances (eval mode: all quantizers, no codebook updates): mel distance,
     waveform L1, SI-SNR, STOI and wide-band PESQ, so the metrics file holds their curves over the steps; with
-    ``texts`` (the references), also pocketsphinx's WER on the originals and on the reconstructions."""
+    ``texts`` (the references), also pocketsphinx's WER on the originals and on the reconstructions;
+    ``original_hyps``: pocketsphinx's transcripts of ``waves``, when the caller decoded them once for every
+    validation (the originals do not change)."""
     device = next(model.parameters()).device
     sample_rate = model.cfg.sample_rate
     totals = {"mel_distance": 0.0, "waveform_l1": 0.0, "si_snr": 0.0, "rms_ratio": 0.0, "latent_offset": 0.0}
@@ -176,8 +178,10 @@ def validate_codec(model: Codec, waves: list[Tensor], mel: MultiScaleMelLoss, te
             values[name] = mean
     if texts is not None:
         asr = PocketSphinx(sample_rate)
-        for name, audio in (("wer_original", [w.numpy() for w in waves]), ("wer_recon", recons)):
-            wer = word_error_rate(texts, [asr(a) for a in audio])
+        if original_hyps is None:
+            original_hyps = [asr(w.numpy()) for w in waves]
+        for name, hyps in (("wer_original", original_hyps), ("wer_recon", [asr(r) for r in recons])):
+            wer = word_error_rate(texts, hyps)
             if wer is not None:  # None: no valid utterance has a non-empty transcript
                 values[name] = wer
     if codes:
@@ -207,7 +211,7 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
                             min_samples=max(1, int(d.min_seconds * m.sample_rate)), strict=d.strict)
     check_batches_per_step(len(train_utts), d.batch_size, world_size, "data.batch_size",
                            f"utterances of {d.train_split}", "lower data.batch_size")
-    valid_waves, valid_texts = [], None
+    valid_waves, valid_texts, original_hyps = [], None, None
     if d.valid_utterances:
         valid_utts = read_split(d.manifest_dir, d.valid_split, with_text=d.valid_asr, sample_rate=m.sample_rate,
                                 strict=d.strict)[: d.valid_utterances]
@@ -215,7 +219,10 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
         # crops only when the recognizer is off)
         limit = None if d.valid_asr else int(d.valid_max_seconds * m.sample_rate)
         valid_waves = [torch.from_numpy(read_audio(u.path, sample_rate=m.sample_rate)[:limit]) for u in valid_utts]
-        valid_texts = [normalize_words(u.text or "") for u in valid_utts] if d.valid_asr else None
+        if d.valid_asr:
+            valid_texts = [normalize_words(u.text or "") for u in valid_utts]
+            asr = PocketSphinx(m.sample_rate)
+            original_hyps = [asr(w.numpy()) for w in valid_waves]
     teachers = TeacherFeatures(cfg, cfg.teachers.cache_dir or out_dir / "teacher_cache")
     teachers.prepare(train_utts)
 
@@ -231,7 +238,8 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
     mel_metric = MultiScaleMelLoss(m.sample_rate, cfg.mel.ffts, cfg.mel.n_mels).to(device)
     trainer = Trainer(
         t, model, out_dir, step_fn=step, batches=dataset.batches,
-        valid_fn=(lambda model: validate_codec(model, valid_waves, mel_metric, valid_texts)) if valid_waves else None,
+        valid_fn=(lambda model: validate_codec(model, valid_waves, mel_metric, valid_texts, original_hyps))
+        if valid_waves else None,
         extras={"discriminator": disc, "d_optimizer": d_opt, "d_scheduler": d_sched},
         before_step=step.before_step, unit="samples",
     )
