@@ -47,11 +47,27 @@ def test_distance_bins_cover_every_distance_once():
 @pytest.mark.parametrize("layout", lm_recall.LAYOUTS)
 def test_every_layout_trains_and_scores(layout, capsys):
     args = argparse.Namespace(seq_len=48, window=8, pairs=4, keys=8, values=4, filler=4, dim=32, layers=2, heads=2,
-                              clusters=2, steps=2, batch=2, lr=1e-3, ramp=1.0, eval_batches=1, cost_len=64,
-                              log_every=1, seed=0)
+                              clusters=2, shared_qk=False, steps=2, batch=2, lr=1e-3, ramp=1.0, eval_batches=1,
+                              cost_len=64, log_every=1, seed=0)
     task = lm_recall.RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler)
     model, log = lm_recall.train(layout, task, args)
     assert [row["step"] for row in log] == [1, 2] and log[0]["max_distance"] < log[1]["max_distance"] == 46
     rows = lm_recall.evaluate(model, task, args)
     assert sum(r["reads"] for r in rows) > 0 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert lm_recall.step_seconds(layout, task, args) > 0
+
+
+def test_fused_writes_name_key_and_value_in_one_token():
+    task = lm_recall.RecallTask(seq_len=96, pairs=8, keys=10, values=5, filler=7, fused=True)
+    assert task.vocab_size == 7 + 10 + 5 + 10 * 5
+    tokens, distance = task.sample(torch.Generator().manual_seed(1), batch=4, max_distance=60)
+    for row in range(4):
+        reads = distance[row].nonzero().flatten().tolist()
+        assert len(reads) >= 6
+        for read in reads:
+            write = read - int(distance[row, read])
+            key, value = int(tokens[row, read]) - 7, int(tokens[row, read + 1]) - 17
+            assert 0 <= key < 10 and 0 <= value < 5
+            assert tokens[row, write] == 22 + key * 5 + value  # the fused id of exactly this pair
+            assert tokens[row, write + 1] < 7  # filler: the value is only in the fused token
+            assert (tokens[row, :read] == tokens[row, read]).sum() == 0  # the bare key never appeared before

@@ -2,7 +2,10 @@
 
 Each training sequence is filler tokens with ``--pairs`` key/value pairs written into it, each key written once
 (``k v``) and read again later (``k v`` once more): at the read, the model must predict ``v`` from the key's earlier
-write, ``d`` tokens back. Only the reads are scored (the rest is random), so chance is 1 / ``--values``. A local
+write, ``d`` tokens back. With ``--fused`` a write is one token naming both key and value (``keys x values``
+extra ids; the slot after it stays filler), so a read is one content lookup rather than the two-step induction
+circuit (previous-token head, then match) that tiny models at CPU step counts do not form even with full
+attention. Only the reads are scored (the rest is random), so chance is 1 / ``--values``. A local
 window of ``W`` tokens can answer when ``d < W`` and nothing beyond; the distances here reach ``N / W`` windows.
 
 The same tiny causal LM (``seqwin.models.lm``) is trained once per attention layout, from the same seed and data:
@@ -43,13 +46,14 @@ LAYOUTS = ("full", "local", "routing", "mixed", "pooled")
 class RecallTask:
     """Token ids: ``[0, filler)`` filler, then ``keys`` keys, then ``values`` values."""
 
-    def __init__(self, seq_len: int, pairs: int, keys: int, values: int, filler: int) -> None:
+    def __init__(self, seq_len: int, pairs: int, keys: int, values: int, filler: int, fused: bool = False) -> None:
         if keys < pairs:
             raise ValueError(f"keys ({keys}) must be >= pairs ({pairs}): a key is written once per sequence")
         if 4 * pairs > seq_len:
             raise ValueError(f"{pairs} pairs need {4 * pairs} of the {seq_len} positions")
         self.seq_len, self.pairs, self.keys, self.values, self.filler = seq_len, pairs, keys, values, filler
-        self.vocab_size = filler + keys + values
+        self.fused = fused
+        self.vocab_size = filler + keys + values + (keys * values if fused else 0)
 
     def sample(self, gen: torch.Generator, batch: int, max_distance: int) -> tuple[Tensor, Tensor]:
         """``tokens`` (b, n + 1) and ``distance`` (b, n): at each read position (the key's second occurrence) the
@@ -70,19 +74,23 @@ class RecallTask:
                     read = write + d
                     if free[[write, write + 1, read, read + 1]].all():
                         free[[write, write + 1, read, read + 1]] = False
-                        tokens[row, [write, read]] = key
-                        tokens[row, [write + 1, read + 1]] = value
+                        tokens[row, read], tokens[row, read + 1] = key, value
+                        if self.fused:  # one token says both; write + 1 stays filler
+                            tokens[row, write] = self.filler + self.keys + self.values + (
+                                (key - self.filler) * self.values + value - self.filler - self.keys)
+                        else:
+                            tokens[row, write], tokens[row, write + 1] = key, value
                         distance[row, read] = d
                         break
         return tokens, distance
 
 
-def attention_spec(layout: str, window: int, heads: int, clusters: int):
+def attention_spec(layout: str, window: int, heads: int, clusters: int, shared_qk: bool = False):
     """Every layer's causal :class:`~seqwin.attention.AttentionSpec` for ``layout``."""
     from seqwin.attention import AttentionSpec
 
     local = {"window": (window - 1, 0)}
-    routing = {"num_clusters": clusters, "decay": 0.99}
+    routing = {"num_clusters": clusters, "decay": 0.99, "shared_qk": shared_qk}
     half = heads // 2
     spec = {
         "full": {"kind": "full"},
@@ -99,7 +107,7 @@ def build_model(layout: str, task: RecallTask, args: argparse.Namespace) -> torc
     from seqwin.models.lm.config import LMConfig
     from seqwin.models.lm.factory import create_lm_model
 
-    spec = attention_spec(layout, args.window, args.heads, args.clusters)
+    spec = attention_spec(layout, args.window, args.heads, args.clusters, args.shared_qk)
     return create_lm_model(LMConfig(
         vocab_size=task.vocab_size, model_dim=args.dim, num_layers=args.layers, num_heads=args.heads,
         ffn_inner_dim=4 * args.dim, max_seq_len=max(args.seq_len, args.cost_len) + 1,
@@ -219,10 +227,12 @@ def main() -> None:
     p.add_argument("--keys", type=int, default=64)
     p.add_argument("--values", type=int, default=64)
     p.add_argument("--filler", type=int, default=64)
+    p.add_argument("--fused", action="store_true", help="write each pair as one token that names key and value")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--clusters", type=int, default=8)
+    p.add_argument("--shared-qk", action="store_true", help="routing heads route a token by its query")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -236,10 +246,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_common import cpu_name
 
-    task = RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler)
+    task = RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler, args.fused)
     report = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32"},
-              "task": {k: getattr(args, k) for k in ("seq_len", "window", "pairs", "keys", "values", "filler")},
-              "model": {k: getattr(args, k) for k in ("dim", "layers", "heads", "clusters")},
+              "task": {k: getattr(args, k)
+                       for k in ("seq_len", "window", "pairs", "keys", "values", "filler", "fused")},
+              "model": {k: getattr(args, k) for k in ("dim", "layers", "heads", "clusters", "shared_qk")},
               "training": {k: getattr(args, k) for k in ("steps", "batch", "lr", "ramp", "seed")}, "layouts": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     for layout in args.layouts:
