@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from fairseq2.nn import BatchLayout
@@ -31,6 +33,7 @@ LAYOUTS = {
     "mixed_top": LayerAttentionConfig(default=LOCAL, top=MIXED, num_top_layers=2),
     "routing": LayerAttentionConfig(default=AttentionSpec(kind="routing", num_clusters=4, routing_window=6)),
     "routing_unbounded": LayerAttentionConfig(default=AttentionSpec(kind="routing", num_clusters=4)),
+    "mixed_shared_qk": LayerAttentionConfig(default=replace(MIXED, shared_qk=True)),
     "full_local_routing": LayerAttentionConfig(default=AttentionSpec(kind="full"),
                                                overrides={1: LOCAL, 2: MIXED}),
 }
@@ -70,6 +73,23 @@ def test_bounded_layers_decode_in_constant_memory():
     for layout in ("local", "mixed_top", "routing"):
         assert sizes[layout][-1] == sizes[layout][20], layout  # ring buffers: flat
     assert sizes["local"][-1] < sizes["full"][-1]
+
+
+def test_shared_qk_routing_heads_take_their_queries_as_keys():
+    from seqwin.attention.fairseq2 import MixedSDPA
+    from seqwin.attention.routing import routing_attention
+
+    torch.manual_seed(0)
+    sdpa = MixedSDPA(replace(MIXED, causal=True, shared_qk=True), num_heads=4, head_dim=8).eval()
+    q, k, v = torch.randn(3, 2, 30, 4, 8).unbind(0)
+    layout = BatchLayout.of(q)
+    out, _ = sdpa(q, layout, k, layout, v, None)
+    moved, _ = sdpa(q, layout, k + torch.randn_like(k), layout, v, None)
+    torch.testing.assert_close(moved[:, :, 2:], out[:, :, 2:])  # the routing heads ignore k
+    assert not torch.allclose(moved[:, :, :2], out[:, :, :2])  # the local heads do not
+    qr = q[:, :, 2:]
+    expected, _ = routing_attention(qr, qr, v[:, :, 2:], sdpa.router, causal=True, shared_qk=True, window=5)
+    torch.testing.assert_close(out[:, :, 2:], expected)
 
 
 def test_decoding_session_restores_the_model():

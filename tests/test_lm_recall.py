@@ -71,3 +71,18 @@ def test_fused_writes_name_key_and_value_in_one_token():
             assert tokens[row, write] == 22 + key * 5 + value  # the fused id of exactly this pair
             assert tokens[row, write + 1] < 7  # filler: the value is only in the fused token
             assert (tokens[row, :read] == tokens[row, read]).sum() == 0  # the bare key never appeared before
+
+
+def test_merge_takes_layouts_of_agreeing_runs_only(tmp_path):
+    settings = {"task": {"seq_len": 64}, "model": {"heads": 2}, "training": {"steps": 5}}
+    a = {**settings, "layouts": {"full": {"accuracy_by_distance": []}}}
+    b = {**settings, "layouts": {"routing": {"accuracy_by_distance": []}}}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    assert list(lm_recall.merge_reports([a, b], paths)["layouts"]) == ["full", "routing"]
+    with pytest.raises(SystemExit, match="b.json: layout 'full' is in two"):
+        lm_recall.merge_reports([a, a], paths)
+    with pytest.raises(SystemExit, match="b.json: its training settings differ"):
+        lm_recall.merge_reports([a, {**b, "training": {"steps": 6}}], paths)
+    paths[0].write_text("{")
+    with pytest.raises(SystemExit, match="a.json: not a readable"):
+        lm_recall.load_report(paths[0])

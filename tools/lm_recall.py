@@ -23,6 +23,7 @@ sequences in distance bins of whole windows, and the time of one training step (
 
     python tools/lm_recall.py --out bench_out/lm_recall                     # defaults: N 512, W 32, 3000 steps
     python tools/lm_recall.py --layouts local mixed --steps 200 --out /tmp/recall   # a quick look
+    python tools/lm_recall.py --merge A/lm_recall.json B/lm_recall.json --out AB  # layouts trained in parallel
 """
 
 from __future__ import annotations
@@ -195,6 +196,37 @@ def step_seconds(layout: str, task: RecallTask, args: argparse.Namespace) -> flo
     return sorted(times[1:])[1]
 
 
+TASK_FIELDS = ("seq_len", "window", "pairs", "keys", "values", "filler", "fused")
+MODEL_FIELDS = ("dim", "layers", "heads", "clusters", "shared_qk")
+TRAINING_FIELDS = ("steps", "batch", "lr", "ramp", "seed")
+
+
+def load_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {path}: not a readable lm_recall.json ({err})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("layouts"), dict):
+        raise SystemExit(f"error: {path}: not an lm_recall.json (no 'layouts')")
+    return report
+
+
+def merge_reports(reports: list[dict], paths: list[Path]) -> dict:
+    """One report with the layouts of several, which must agree on the task, the model and the training."""
+    merged = {section: reports[0].get(section) for section in ("task", "model", "training")}
+    merged["layouts"] = {}
+    for report, path in zip(reports, paths, strict=True):
+        for section in ("task", "model", "training"):
+            if report.get(section) != merged[section]:
+                raise SystemExit(f"error: {path}: its {section} settings differ from {paths[0]}'s: "
+                                 f"{report.get(section)} vs {merged[section]}")
+        for layout, row in report["layouts"].items():
+            if layout in merged["layouts"]:
+                raise SystemExit(f"error: {path}: layout {layout!r} is in two of the merged reports")
+            merged["layouts"][layout] = row
+    return merged
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -232,7 +264,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--clusters", type=int, default=8)
-    p.add_argument("--shared-qk", action="store_true", help="routing heads route a token by its query")
+    p.add_argument("--shared-qk", action="store_true", help="routing heads use their queries as keys (shared QK)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -241,25 +273,35 @@ def main() -> None:
     p.add_argument("--cost-len", type=int, default=8192, help="sequence length of the step-time comparison")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="combine the lm_recall.json of runs that trained different layouts with the same settings "
+                        "(e.g. one process per core), timing every layout's step here, side by side")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tools"))
     from bench_common import cpu_name
 
+    if args.merge:
+        report = merge_reports([load_report(path) for path in args.merge], args.merge)
+        for section in ("task", "model", "training"):
+            vars(args).update(report[section])
+    else:
+        report = {"task": {k: getattr(args, k) for k in TASK_FIELDS},
+                  "model": {k: getattr(args, k) for k in MODEL_FIELDS},
+                  "training": {k: getattr(args, k) for k in TRAINING_FIELDS}, "layouts": {}}
+    report["machine"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32"}
     task = RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler, args.fused)
-    report = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32"},
-              "task": {k: getattr(args, k)
-                       for k in ("seq_len", "window", "pairs", "keys", "values", "filler", "fused")},
-              "model": {k: getattr(args, k) for k in ("dim", "layers", "heads", "clusters", "shared_qk")},
-              "training": {k: getattr(args, k) for k in ("steps", "batch", "lr", "ramp", "seed")}, "layouts": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    for layout in args.layouts:
+    for layout in [] if args.merge else args.layouts:
         model, log = train(layout, task, args)
-        report["layouts"][layout] = {"accuracy_by_distance": evaluate(model, task, args), "train_log": log,
-                                     "step_seconds_at_cost_len": step_seconds(layout, task, args)}
+        report["layouts"][layout] = {"accuracy_by_distance": evaluate(model, task, args), "train_log": log}
         accs = " ".join(f"{b['distance'][0]}-{b['distance'][1]}: {100 * b['accuracy']:.0f}%"
                         for b in report["layouts"][layout]["accuracy_by_distance"])
         print(f"{layout}: {accs}", flush=True)
+    report["cost_len"] = args.cost_len
+    for layout, row in report["layouts"].items():  # one after another in this process: comparable times
+        row["step_seconds_at_cost_len"] = step_seconds(layout, task, args)
+        row.pop("step_time_vs_full", None)
     if "full" in report["layouts"]:
         full = report["layouts"]["full"]["step_seconds_at_cost_len"]
         for row in report["layouts"].values():

@@ -48,7 +48,8 @@ class AttentionSpec:
     """Non-causal routing: tokens per balanced group (``None``: ``ceil(seq_len / num_clusters)``). Fix it to
     make a sequence's output independent of how much its batch is padded."""
     shared_qk: bool = False
-    """Route tokens by their queries and treat keys as sharing that routing (q and k from one projection)."""
+    """Routing heads use their queries as keys (the Routing Transformer's shared QK): a token is routed by its query,
+    and the keys a query matches best are the tokens routed with it."""
     decay: float = 0.999
     commitment: float = 1e-4
 

@@ -88,7 +88,8 @@ class MixedDecodeState(AttentionState):
                 elif name == "pooled":
                     self.pooled.ingest(k[:, :, kh], v[:, :, kh])
                 else:
-                    ingest_routing(self.routing, q[:, :, qh], k[:, :, kh], v[:, :, kh])
+                    kr, vr = self.sdpa.routing_kv(q[:, :, qh], k[:, :, kh], v[:, :, kh])
+                    ingest_routing(self.routing, q[:, :, qh], kr, vr)
         else:
             outs = []
             for name, qh, kh in groups:
@@ -98,7 +99,8 @@ class MixedDecodeState(AttentionState):
                 elif name == "pooled":
                     outs.append(self.pooled.step(q[:, :, qh], k[:, :, kh], v[:, :, kh]))
                 else:
-                    outs.append(self.routing.step(q[:, :, qh], k[:, :, kh], v[:, :, kh]))
+                    kr, vr = self.sdpa.routing_kv(q[:, :, qh], k[:, :, kh], v[:, :, kh])
+                    outs.append(self.routing.step(q[:, :, qh], kr, vr))
             out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         self.num_tokens += q.shape[1]
         self._pending = (k[:, :0], v[:, :0])  # cached now; do not hold on to the prompt's keys

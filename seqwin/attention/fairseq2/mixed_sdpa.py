@@ -26,6 +26,10 @@ from seqwin.attention.specs import AttentionSpec
 class MixedSDPA(SDPA):
     """fairseq2 SDPA for one :class:`AttentionSpec`; see the module docstring.
 
+    With ``spec.shared_qk`` the routing heads take their queries as their keys (the Routing Transformer's shared
+    QK; the key projection's rows of those heads go unused): a token is routed by its query, and the keys a query
+    matches best are the tokens routed with it.
+
     Decoding (``q_len < k_len``) works statelessly from fairseq2's KV cache: routing heads re-route the cached
     keys (eval mode; not with ``shared_qk``, whose past queries are not cached). The constant-memory alternative is
     :func:`~seqwin.attention.fairseq2.decoding_session`.
@@ -62,6 +66,13 @@ class MixedSDPA(SDPA):
             start += n
         return groups
 
+    def routing_kv(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the routing heads, given their queries ``q`` and their key/value heads ``k``, ``v``:
+        with ``shared_qk`` the keys are the queries, and the values are repeated to one head per query head."""
+        if not self.spec.shared_qk:
+            return k, v
+        return q, v.repeat_interleave(q.shape[2] // v.shape[2], dim=2)
+
     def forward(
         self,
         q: Tensor,
@@ -96,8 +107,12 @@ class MixedSDPA(SDPA):
             else:
                 assert self.router is not None
                 decoding = q.shape[1] != k.shape[1]
+                if decoding and self.spec.shared_qk:
+                    raise NotSupportedError("decoding shared_qk routing heads needs `decoding_session` and a "
+                                            "bounded routing_window (fairseq2's cache holds no past queries)")
+                kr, vr = self.routing_kv(q[:, :, qh], k[:, :, kh], v[:, :, kh])
                 out, aux = routing_attention(
-                    q[:, :, qh], k[:, :, kh], v[:, :, kh], self.router, causal=self.spec.causal,
+                    q[:, :, qh], kr, vr, self.router, causal=self.spec.causal,
                     seq_lens=None if decoding else seq_lens, shared_qk=self.spec.shared_qk,
                     window=self.spec.routing_window, group_size=self.spec.group_size,
                 )
