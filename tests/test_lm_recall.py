@@ -47,7 +47,7 @@ def test_distance_bins_cover_every_distance_once():
 @pytest.mark.parametrize("layout", lm_recall.LAYOUTS)
 def test_every_layout_trains_and_scores(layout, capsys):
     args = argparse.Namespace(seq_len=48, window=8, pairs=4, keys=8, values=4, filler=4, dim=32, layers=2, heads=2,
-                              clusters=2, shared_qk=False, steps=2, batch=2, lr=1e-3, ramp=1.0, eval_batches=1,
+                              clusters=2, shared_qk=True, steps=2, batch=2, lr=1e-3, ramp=1.0, eval_batches=1,
                               cost_len=64, log_every=1, seed=0)
     task = lm_recall.RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler)
     model, log = lm_recall.train(layout, task, args)

@@ -1,9 +1,9 @@
 """Associative recall at a distance: where a sliding window cannot see, which attention still finds the answer?
 
 Each training sequence is filler tokens with ``--pairs`` key/value pairs written into it, each key written once
-(``k v``) and read again later (``k v`` once more): at the read, the model must predict ``v`` from the key's earlier
-write, ``d`` tokens back. With ``--fused`` a write is one token naming both key and value (``keys x values``
-extra ids; the slot after it stays filler), so a read is one content lookup rather than the two-step induction
+and read again later as ``k v``: at the read, the model must predict ``v`` from the key's earlier write, ``d``
+tokens back. A write is one token naming both key and value (``keys x values`` extra ids; the slot after it stays
+filler), so a read is one content lookup. ``--no-fused`` writes ``k v`` instead, which needs a two-step induction
 circuit (previous-token head, then match) that tiny models at CPU step counts do not form even with full
 attention. Only the reads are scored (the rest is random), so chance is 1 / ``--values``. A local
 window of ``W`` tokens can answer when ``d < W`` and nothing beyond; the distances here reach ``N / W`` windows.
@@ -21,7 +21,7 @@ A curriculum widens the largest distance trained on from ``W`` to ``N`` over the
 sequences in distance bins of whole windows, and the time of one training step (forward + backward) at
 ``--cost-len`` tokens relative to full attention. Writes ``lm_recall.json`` and ``lm_recall.png`` under ``--out``.
 
-    python tools/lm_recall.py --out bench_out/lm_recall                     # defaults: N 512, W 32, 3000 steps
+    python tools/lm_recall.py --out bench_out/lm_recall     # defaults: N 256, W 16, 8 heads, 4000 steps (~2 h)
     python tools/lm_recall.py --layouts local mixed --steps 200 --out /tmp/recall   # a quick look
     python tools/lm_recall.py --merge A/lm_recall.json B/lm_recall.json --out AB  # layouts trained in parallel
 """
@@ -253,24 +253,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("bench_out/lm_recall"))
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--window", type=int, default=32, help="local window W (tokens, the query's own included)")
-    p.add_argument("--pairs", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--window", type=int, default=16, help="local window W (tokens, the query's own included)")
+    p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--keys", type=int, default=64)
-    p.add_argument("--values", type=int, default=64)
+    p.add_argument("--values", type=int, default=16)
     p.add_argument("--filler", type=int, default=64)
-    p.add_argument("--fused", action="store_true", help="write each pair as one token that names key and value")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="write each pair as one token that names key and value (--no-fused: `k v`)")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
     p.add_argument("--clusters", type=int, default=8)
-    p.add_argument("--shared-qk", action="store_true", help="routing heads use their queries as keys (shared QK)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--shared-qk", action=argparse.BooleanOptionalAction, default=True,
+                   help="routing heads use their queries as keys (shared QK; --no-shared-qk: separate keys)")
+    p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ramp", type=float, default=0.3, help="fraction of the steps over which distances widen")
     p.add_argument("--eval-batches", type=int, default=16)
-    p.add_argument("--cost-len", type=int, default=8192, help="sequence length of the step-time comparison")
+    p.add_argument("--cost-len", type=int, default=8192,
+                   help="sequence length of the step-time comparison (0: none, e.g. before a --merge)")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
@@ -300,9 +303,11 @@ def main() -> None:
         print(f"{layout}: {accs}", flush=True)
     report["cost_len"] = args.cost_len
     for layout, row in report["layouts"].items():  # one after another in this process: comparable times
-        row["step_seconds_at_cost_len"] = step_seconds(layout, task, args)
         row.pop("step_time_vs_full", None)
-    if "full" in report["layouts"]:
+        row.pop("step_seconds_at_cost_len", None)
+        if args.cost_len > 0:
+            row["step_seconds_at_cost_len"] = step_seconds(layout, task, args)
+    if "full" in report["layouts"] and args.cost_len > 0:
         full = report["layouts"]["full"]["step_seconds_at_cost_len"]
         for row in report["layouts"].values():
             row["step_time_vs_full"] = row["step_seconds_at_cost_len"] / full

@@ -8,11 +8,11 @@
 #   2  seqwin prepare librispeech -> $data/mini/manifests/{train,dev,test}.{tsv,wrd,ltr}, dict.ltr.txt
 #   3  seqwin prepare text        -> $data/text/{train,valid,test}.txt
 #   4-8 wav2vec2 SSL -> CTC -> eval -> curves -> table; 9-14 codec; 15 transcribe; 20-23 LMs (each block
-#   documents its stages)
+#   documents its stages). Stages from 30 on are longer benchmarks, run only when asked: --stage 30
 set -euo pipefail
 
 stage=1
-stop_stage=100
+stop_stage=29
 data=data
 
 usage() {
@@ -322,6 +322,32 @@ print(sys.argv[1] + "/" + max(i["utterances"], key=lambda u: u["num_frames"])["c
     "$seqwin" detokenize "$lm_exp/speech/continuation.npy" -o "$lm_exp/speech/wav" --checkpoint "$lm_codec_ckpt"
     echo "listen: $lm_exp/speech/wav/continuation.wav (2 s prompt, then up to 3 s generated: sampling may end early)"
   fi
+fi
+
+# ---- routing where content is far away (stage 30; about 1.5 h on 2 cores, not part of `make demo`) ------------
+# 30 tools/lm_recall.py: associative recall with the answer up to 16 local windows back; the same 2-layer LM
+#    trained as full / local / routing / mixed / pooled, two layouts at a time (one per core), then merged and
+#    timed side by side at 8192 tokens -> exp/lm/recall/lm_recall.{json,png} (accuracy per distance, step time
+#    vs full); RECALL_STEPS (default 4000) sets the training steps
+if run_stage 30; then
+  recall_args=(--seq-len 256 --window 16 --pairs 32 --values 16 --fused --shared-qk --heads 8
+               --steps "${RECALL_STEPS:-4000}" --cost-len 0)
+  mkdir -p "$lm_exp/recall"
+  recall_jsons=()
+  pids=()
+  for layouts in "routing local" "mixed full pooled"; do
+    out="$lm_exp/recall/${layouts// /_}"
+    recall_jsons+=("$out/lm_recall.json")
+    log 30 "train $layouts -> $out (log: $out.log)"
+    OMP_NUM_THREADS=1 "$w2v_python" "$repo_root/tools/lm_recall.py" "${recall_args[@]}" --layouts $layouts \
+      --out "$out" > "$out.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || { echo "run.sh: stage 30: a recall run failed (see $lm_exp/recall/*.log)" >&2; exit 1; }
+  done
+  log 30 "merge and time the layouts side by side -> $lm_exp/recall"
+  "$w2v_python" "$repo_root/tools/lm_recall.py" --merge "${recall_jsons[@]}" --cost-len 8192 --out "$lm_exp/recall"
 fi
 
 log done "finished stages $stage..$stop_stage"
