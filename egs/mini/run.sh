@@ -267,17 +267,19 @@ if run_stage 20; then
   train_lm_tokenizer
 fi
 
-if run_stage 21; then
-  for v in "${lm_variants[@]}"; do
-    log 21 "train $v LM -> $lm_exp/$v"
-    sets=(--set "data.dir=$data/text" --set "tokenizer.model=$lm_exp/tokenizer")
-    [[ -n "${lm_attention[$v]}" ]] && sets+=(--set "model.attention=${lm_attention[$v]}")
-    "$seqwin" train lm --config "$repo_root/recipes/lm/mini.yaml" "$lm_exp/$v" "${sets[@]}" --threads "$lm_threads"
-    "$seqwin" eval lm "$lm_exp/$v" --split test --context 4096 --max-tokens 32768 --json "$lm_exp/$v/test.json" \
-      --threads "$lm_threads"
-  done
-  log 21 "test perplexity at context 4096 after equal steps:"
-  python3 - "$lm_exp" "${lm_variants[@]}" <<'PY'
+train_eval_lm() {  # train_eval_lm STAGE OUT ATTENTION [--set k=v ...]: recipes/lm/mini.yaml, then test ppl at 4096
+  local st=$1 out=$2 attention=$3
+  shift 3
+  local sets=(--set "data.dir=$data/text" --set "tokenizer.model=$lm_exp/tokenizer" "$@")
+  [[ -n "$attention" ]] && sets+=(--set "model.attention=$attention")
+  log "$st" "train LM -> $out"
+  "$seqwin" train lm --config "$repo_root/recipes/lm/mini.yaml" "$out" "${sets[@]}" --threads "$lm_threads"
+  "$seqwin" eval lm "$out" --split test --context 4096 --max-tokens 32768 --json "$out/test.json" \
+    --threads "$lm_threads"
+}
+
+print_ppl_table() {  # print_ppl_table DIR VARIANT...: DIR/VARIANT/test.json side by side
+  python3 - "$@" <<'PY'
 import json, sys
 exp, variants = sys.argv[1], sys.argv[2:]
 print(f"  {'model':<8} {'step':>5} {'tokens':>7} {'ppl/token':>10} {'bits/byte':>10} {'ppl/byte':>9}")
@@ -286,6 +288,14 @@ for v in variants:
     print(f"  {v:<8} {r['step']:>5} {int(r['tokens']):>7} {r['ppl']:>10.2f} {r['bits_per_byte']:>10.3f}"
           f" {r['byte_ppl']:>9.3f}")
 PY
+}
+
+if run_stage 21; then
+  for v in "${lm_variants[@]}"; do
+    train_eval_lm 21 "$lm_exp/$v" "${lm_attention[$v]}"
+  done
+  log 21 "test perplexity at context 4096 after equal steps:"
+  print_ppl_table "$lm_exp" "${lm_variants[@]}"
 fi
 
 if run_stage 22; then
@@ -324,6 +334,14 @@ print(sys.argv[1] + "/" + max(i["utterances"], key=lambda u: u["num_frames"])["c
   fi
 fi
 
+wait_all() {  # wait_all STAGE LOGS PID...: wait for the stage's background runs; stop if one failed
+  local st=$1 logs=$2 pid
+  shift 2
+  for pid in "$@"; do
+    wait "$pid" || { echo "run.sh: stage $st: a background run failed (see $logs)" >&2; exit 1; }
+  done
+}
+
 # ---- routing where content is far away (stage 30; about 1.5 h on 2 cores, not part of `make demo`) ------------
 # 30 tools/lm_recall.py: associative recall with the answer up to 16 local windows back; the same 2-layer LM
 #    trained as full / local / routing / mixed / pooled, two layouts at a time (one per core), then merged and
@@ -343,11 +361,37 @@ if run_stage 30; then
       --out "$out" > "$out.log" 2>&1 &
     pids+=($!)
   done
-  for pid in "${pids[@]}"; do
-    wait "$pid" || { echo "run.sh: stage 30: a recall run failed (see $lm_exp/recall/*.log)" >&2; exit 1; }
-  done
+  wait_all 30 "$lm_exp/recall/*.log" "${pids[@]}"
   log 30 "merge and time the layouts side by side -> $lm_exp/recall"
   "$w2v_python" "$repo_root/tools/lm_recall.py" --merge "${recall_jsons[@]}" --cost-len 8192 --out "$lm_exp/recall"
+fi
+
+# 31 (not in `make demo`: about 35 min on 2 cores) the stage-21 LM at context 4096 with 10x its steps (500 x 4096
+#    tokens, bf16 where the CPU has it) as full / local / routing (every layer) / mixed (2 local + 2 routing heads in
+#    every layer), two at a time -> exp/lm/long/<variant>; the test perplexities side by side. Needs stage 20;
+#    LM_LONG_STEPS (default 500) sets the steps
+if run_stage 31; then
+  routing_heads='num_clusters: 8, routing_window: 256, shared_qk: true'
+  declare -A long_attention=(
+    [full]='{default: {kind: full}}'
+    [local]='{default: {kind: local, window: [255, 0]}}'
+    [routing]="{default: {kind: routing, $routing_heads}}"
+    [mixed]="{default: {kind: mixed, local_heads: 2, routing_heads: 2, window: [255, 0], $routing_heads}}"
+  )
+  steps="${LM_LONG_STEPS:-500}"
+  long_steps=(--set "trainer.max_steps=$steps" --set "trainer.warmup_steps=$((steps / 20))"
+              --set "trainer.checkpoint_every=$(((steps + 4) / 5))")
+  mkdir -p "$lm_exp/long"
+  pids=()
+  for lane in "full routing" "local mixed"; do
+    (for v in $lane; do
+       train_eval_lm 31 "$lm_exp/long/$v" "${long_attention[$v]}" "${long_steps[@]}" > "$lm_exp/long/$v.log" 2>&1
+     done) &
+    pids+=($!)
+  done
+  wait_all 31 "$lm_exp/long/*.log" "${pids[@]}"
+  log 31 "test perplexity at context 4096 after $steps steps:"
+  print_ppl_table "$lm_exp/long" full local routing mixed
 fi
 
 log done "finished stages $stage..$stop_stage"
