@@ -196,9 +196,11 @@ def step_seconds(layout: str, task: RecallTask, args: argparse.Namespace) -> flo
     return sorted(times[1:])[1]
 
 
-TASK_FIELDS = ("seq_len", "window", "pairs", "keys", "values", "filler", "fused")
-MODEL_FIELDS = ("dim", "layers", "heads", "clusters", "shared_qk")
-TRAINING_FIELDS = ("steps", "batch", "lr", "ramp", "seed")
+SETTINGS = {  # the report's sections of settings: the arguments each one records
+    "task": ("seq_len", "window", "pairs", "keys", "values", "filler", "fused"),
+    "model": ("dim", "layers", "heads", "clusters", "shared_qk"),
+    "training": ("steps", "batch", "lr", "ramp", "seed"),
+}
 
 
 def load_report(path: Path) -> dict:
@@ -213,10 +215,10 @@ def load_report(path: Path) -> dict:
 
 def merge_reports(reports: list[dict], paths: list[Path]) -> dict:
     """One report with the layouts of several, which must agree on the task, the model and the training."""
-    merged = {section: reports[0].get(section) for section in ("task", "model", "training")}
+    merged = {section: reports[0].get(section) for section in SETTINGS}
     merged["layouts"] = {}
     for report, path in zip(reports, paths, strict=True):
-        for section in ("task", "model", "training"):
+        for section in SETTINGS:
             if report.get(section) != merged[section]:
                 raise SystemExit(f"error: {path}: its {section} settings differ from {paths[0]}'s: "
                                  f"{report.get(section)} vs {merged[section]}")
@@ -286,12 +288,11 @@ def main() -> None:
 
     if args.merge:
         report = merge_reports([load_report(path) for path in args.merge], args.merge)
-        for section in ("task", "model", "training"):
+        for section in SETTINGS:
             vars(args).update(report[section])
     else:
-        report = {"task": {k: getattr(args, k) for k in TASK_FIELDS},
-                  "model": {k: getattr(args, k) for k in MODEL_FIELDS},
-                  "training": {k: getattr(args, k) for k in TRAINING_FIELDS}, "layouts": {}}
+        report = {section: {k: getattr(args, k) for k in names} for section, names in SETTINGS.items()}
+        report["layouts"] = {}
     report["machine"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": "float32"}
     task = RecallTask(args.seq_len, args.pairs, args.keys, args.values, args.filler, args.fused)
     args.out.mkdir(parents=True, exist_ok=True)
