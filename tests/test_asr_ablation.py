@@ -88,3 +88,22 @@ def test_only_the_named_variants_run_every_seed(tmp_path, fake_runs):
 def test_steps_override_scales_warmup():
     assert asr_ablation.steps_override(0) == []
     assert asr_ablation.steps_override(50) == ["trainer.max_steps=50", "trainer.warmup_steps=5"]
+
+
+def test_mixed_corpora_are_merged_once_with_the_mini_corpus_upsampled(tmp_path, fake_runs, monkeypatch):
+    merges: list[tuple[str, dict]] = []
+    monkeypatch.setattr(asr_ablation, "merged",
+                        lambda out, name, splits: merges.append((name, splits)) or out / "data" / name)
+    asr_ablation.sweep(_args(tmp_path, ["ssl_mix", "mix_aug_5k", "ssl_mix_aug_5k"], [0, 1]))
+    assert [name for name, _ in merges] == ["ctc_voices", "ctc_voices_up3"]  # SSL and CTC share the plain mix
+    assert merges[1][1]["train"][0] == f"{tmp_path / 'data/mini/manifests/train.tsv'}:3"
+    runs = {Path(c[-1]).relative_to(tmp_path / "out/runs").as_posix(): c for c in fake_runs if c[0] == "train"}
+    assert sorted(k for k in runs if k.startswith("ssl/")) == ["ssl/mix/seed0", "ssl/mix/seed1"]
+    assert _value(runs["ssl/mix/seed1"], "trainer.max_steps") == "2000"
+    assert _value(runs["ssl/mix/seed1"], "data.manifest_dir").endswith("data/ctc_voices")
+    long = runs["ctc/ssl_mix_aug_5k/seed1"]
+    assert _value(long, "trainer.max_steps") == "5000" and "model.config.frontend.noise_p=0.5" in long
+    assert _value(long, "init.ssl_checkpoint").endswith("ssl/mix/seed1/model.pt")
+    assert _value(long, "data.manifest_dir").endswith("data/ctc_voices_up3")
+    assert _value(runs["ctc/ssl_mix/seed0"], "data.manifest_dir").endswith("mini/manifests")
+    assert not any(kv.startswith("init.") for kv in runs["ctc/mix_aug_5k/seed0"])

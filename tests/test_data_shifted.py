@@ -100,6 +100,19 @@ def test_merge_keeps_paths_and_labels(tmp_path: Path) -> None:
         merge_manifests(out, {"train": [a, a]})
 
 
+def test_merge_repeats_a_source(tmp_path: Path) -> None:
+    a = write_split(tmp_path / "a", "train", tmp_path / "data" / "mini", [("x/1.flac", 10)], ["HI"])
+    b = write_split(tmp_path / "b", "train", tmp_path / "data" / "voices", [("y/2.flac", 20), ("y/3.flac", 5)],
+                    ["YO", "NO"])
+    out = tmp_path / "merged"
+    assert main(["prepare", "merge", str(out), "--split", "train", f"{a}:3", str(b)]) == 0
+    root, entries = read_manifest(out / "train.tsv")
+    assert [e.rel_path for e in entries] == ["mini/x/1.flac"] * 3 + ["voices/y/2.flac", "voices/y/3.flac"]
+    assert (out / "train.wrd").read_text().splitlines() == ["HI", "HI", "HI", "YO", "NO"]
+    assert (out / "dict.ltr.txt").read_text().splitlines()[:2] == ["| 3", "O 2"]  # letters of each source once
+    assert main(["prepare", "merge", str(out), "--split", "train", f"{a}:0"]) == 2
+
+
 def test_merge_cli_needs_a_manifest_per_split(tmp_path: Path, capsys) -> None:
     assert main(["prepare", "merge", str(tmp_path / "m"), "--split", "train"]) == 2
     assert "--split train: give at least one .tsv" in capsys.readouterr().err

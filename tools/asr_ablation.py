@@ -8,6 +8,9 @@ scored greedy on the mini test split, its pitch/tempo-shifted copies and a synth
     ssl_multi        CTC from SSL on the mini corpus + the Asterisk prompts in es/fr/it/ru (unlabeled)
     ssl_en_aug       ssl_en with mel-axis warping (freq_warp 0.1) and white noise (p 0.5, SNR 10-30 dB) in CTC
     ssl_en_voices    ssl_en with CTC on the mini corpus + the festival/flite voices' training split
+    ssl_mix          CTC (as scratch) from a longer SSL run (2000 steps) on the mini corpus + the voices' audio
+    mix_aug_5k       CTC from scratch on the mini corpus (3x) + the voices, augmented, 5000 steps
+    ssl_mix_aug_5k   mix_aug_5k from the ssl_mix SSL model
 
 Runs live under ``--out/runs`` (``ssl/<corpus>/seed<S>``, ``ctc/<variant>/seed<S>``, ``eval/<variant>/seed<S>``);
 one that finished (its model.pt or summary.json exists) is not run again, so an interrupted sweep resumes. Up to
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,23 +48,34 @@ SHIFTS = ("pitch-3", "pitch+3", "tempo0.9", "tempo1.1")
 
 @dataclass(frozen=True)
 class Variant:
-    ssl: str | None  # SSL corpus ("en", "multi") or None for random init
-    ctc_data: str = "mini"  # CTC training corpus ("mini", "voices")
+    ssl: str | None  # SSL run (a key of SSL_RUNS) or None for random init
+    ctc_data: str = "mini"  # CTC training corpus ("mini", "voices", "voices_up3")
     sets: tuple[str, ...] = ()  # extra --set overrides of the CTC recipe
 
 
+# SSL run -> (corpus, extra --set overrides of the SSL recipe)
+SSL_RUNS = {
+    "en": ("mini", ()),
+    "multi": ("multi", ()),
+    "mix": ("voices", ("trainer.max_steps=2000", "trainer.warmup_steps=200")),
+}
+AUGMENT = ("model.config.frontend.freq_warp=0.1", "model.config.frontend.noise_p=0.5")
+LONG = ("trainer.max_steps=5000", "trainer.warmup_steps=150")
 VARIANTS = {
     "scratch": Variant(ssl=None),
     "ssl_en": Variant(ssl="en"),
     "ssl_multi": Variant(ssl="multi"),
-    "ssl_en_aug": Variant(ssl="en", sets=("model.config.frontend.freq_warp=0.1",
-                                          "model.config.frontend.noise_p=0.5")),
+    "ssl_en_aug": Variant(ssl="en", sets=AUGMENT),
     "ssl_en_voices": Variant(ssl="en", ctc_data="voices"),
+    "ssl_mix": Variant(ssl="mix"),
+    "mix_aug_5k": Variant(ssl=None, ctc_data="voices_up3", sets=AUGMENT + LONG),
+    "ssl_mix_aug_5k": Variant(ssl="mix", ctc_data="voices_up3", sets=AUGMENT + LONG),
 }
 
 
-def merged(out: Path, name: str, splits: dict[str, list[Path]]) -> Path:
-    """A manifest folder joining several corpora (``seqwin prepare merge``), made once."""
+def merged(out: Path, name: str, splits: dict[str, list[Path | str]]) -> Path:
+    """A manifest folder joining several corpora (``seqwin prepare merge``; ``"A.tsv:3"`` lists A three times),
+    made once."""
     folder = out / "data" / name
     if not (folder / "train.tsv").is_file():
         cmd = [sys.executable, "-m", "seqwin.cli.main", "prepare", "merge", str(folder)]
@@ -70,13 +85,20 @@ def merged(out: Path, name: str, splits: dict[str, list[Path]]) -> Path:
     return folder
 
 
-def corpora(data: Path, out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Manifest folders: SSL corpora and CTC corpora by name. Validation is always the mini dev split."""
+def corpora(data: Path, out: Path) -> tuple[dict[str, Callable[[], Path]], dict[str, Callable[[], Path]]]:
+    """Manifest folders: SSL corpora and CTC corpora by name, each made when a variant asks for it. Validation is
+    always the mini dev split."""
     mini = data / "mini" / "manifests"
-    ssl = {"en": mini, "multi": merged(out, "ssl_multi", {
-        "train": [mini / "train.tsv", data / "multilingual" / "manifests" / "train.tsv"], "dev": [mini / "dev.tsv"]})}
-    ctc = {"mini": mini, "voices": merged(out, "ctc_voices", {
-        "train": [mini / "train.tsv", data / "voices" / "manifests" / "train.tsv"], "dev": [mini / "dev.tsv"]})}
+    dev = [mini / "dev.tsv"]
+    multi, voices = data / "multilingual" / "manifests" / "train.tsv", data / "voices" / "manifests" / "train.tsv"
+    with_voices = {"train": [mini / "train.tsv", voices], "dev": dev}
+    ssl = {"mini": lambda: mini,
+           "multi": lambda: merged(out, "ssl_multi", {"train": [mini / "train.tsv", multi], "dev": dev}),
+           "voices": lambda: merged(out, "ctc_voices", with_voices)}
+    ctc = {"mini": lambda: mini,
+           "voices": lambda: merged(out, "ctc_voices", with_voices),
+           "voices_up3": lambda: merged(out, "ctc_voices_up3", {"train": [f"{mini / 'train.tsv'}:3", voices],
+                                                                 "dev": dev})}
     return ssl, ctc
 
 
@@ -122,13 +144,18 @@ def seeds_of(variant: str, args: argparse.Namespace) -> list[int]:
 
 def sweep(args: argparse.Namespace) -> dict:
     runs = args.out / "runs"
-    ssl_data, ctc_data = corpora(args.data, args.out)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     ssl_steps, ctc_steps = steps_override(args.ssl_steps), steps_override(args.ctc_steps)
+    # the corpora the chosen variants read, merged here, before the parallel jobs could race to write them
+    make_ssl, make_ctc = corpora(args.data, args.out)
+    chosen = [VARIANTS[n] for n in args.variants]
+    ssl_data = {c: make_ssl[c]() for c in dict.fromkeys(SSL_RUNS[v.ssl][0] for v in chosen if v.ssl)}
+    ctc_data = {c: make_ctc[c]() for c in dict.fromkeys(v.ctc_data for v in chosen)}
 
-    def ssl_job(corpus: str, seed: int) -> None:
-        train("ssl", SSL_RECIPE, runs / "ssl" / corpus / f"seed{seed}",
-              [f"data.manifest_dir={ssl_data[corpus]}", f"trainer.seed={seed}", *ssl_steps], threads)
+    def ssl_job(name: str, seed: int) -> None:
+        corpus, sets = SSL_RUNS[name]
+        train("ssl", SSL_RECIPE, runs / "ssl" / name / f"seed{seed}",
+              [f"data.manifest_dir={ssl_data[corpus]}", f"trainer.seed={seed}", *sets, *ssl_steps], threads)
 
     def ctc_job(name: str, seed: int) -> None:
         v = VARIANTS[name]
@@ -224,7 +251,9 @@ def main() -> None:
               "precision": resolve_precision("auto", torch.device("cpu")),
               "seeds": {n: seeds_of(n, args) for n in args.variants},
               "ssl_steps": args.ssl_steps or "recipe", "ctc_steps": args.ctc_steps or "recipe",
-              "variants": {n: VARIANTS[n].__dict__ for n in args.variants}, "results": results,
+              "variants": {n: VARIANTS[n].__dict__ for n in args.variants},
+              "ssl_runs": {k: SSL_RUNS[k] for k in dict.fromkeys(VARIANTS[n].ssl for n in args.variants) if k},
+              "results": results,
               "seconds": time.monotonic() - start}
     (args.out / "asr_ablation.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(results, args.out / "asr_ablation.png")

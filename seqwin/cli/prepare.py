@@ -7,7 +7,7 @@ seqwin prepare text files A.txt [B.txt ...] OUT
 seqwin prepare voices OUT --mini MINI --text TEXT  other (flite) voices reading the mini prompts and Shakespeare
 seqwin prepare shifted MINI OUT               pitch/tempo-shifted copies of the test split
 seqwin prepare multilingual OUT               Asterisk prompts in es/fr/it/ru, unlabeled (SSL manifests)
-seqwin prepare merge OUT --split NAME A.tsv B.tsv ...   one split from several manifests
+seqwin prepare merge OUT --split NAME A.tsv B.tsv[:N] ...   one split from several manifests (B N times)
 """
 
 from __future__ import annotations

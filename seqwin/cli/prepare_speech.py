@@ -49,7 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                            usage="seqwin prepare merge OUT --split NAME TSV [TSV ...] [--split NAME TSV ...]")
     merge.add_argument("out", type=Path, metavar="OUT", help="manifest directory to write")
     merge.add_argument("--split", nargs="+", action="append", required=True, metavar=("NAME", "TSV"),
-                       help="a split NAME made of the given .tsv manifests (repeat for more splits)")
+                       help="a split NAME made of the given .tsv manifests (repeat for more splits); TSV:N lists "
+                            "that manifest N times, to upsample a small corpus against a large one")
     merge.set_defaults(func=_run_merge)
 
 
@@ -100,18 +101,33 @@ def _run_multilingual(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repeated(split: str, source: str) -> tuple[Path, int]:
+    """``A.tsv`` -> (A.tsv, 1); ``A.tsv:3`` -> (A.tsv, 3), unless a file is literally named ``A.tsv:3``."""
+    path, _, times = source.rpartition(":")
+    if not path or Path(source).exists() or not times.isdigit():
+        return Path(source), 1
+    if int(times) < 1:
+        raise UserError(f"--split {split}: {source}: the repeat count after ':' must be >= 1")
+    return Path(path), int(times)
+
+
 def _run_merge(args: argparse.Namespace) -> int:
     from seqwin.data.manifest_merge import merge_manifests
 
     _check_out(args.out)
     splits: dict[str, list[Path]] = {}
+    repeat: dict[Path, int] = {}
     for name, *sources in args.split:
         if not sources:
             raise UserError(f"--split {name}: give at least one .tsv manifest after the name")
         if name in splits:
             raise UserError(f"--split {name}: given twice")
-        splits[name] = [Path(s) for s in sources]
-    for split in merge_manifests(args.out, splits):
+        splits[name] = []
+        for source in sources:
+            path, times = _repeated(name, source)
+            splits[name].append(path)
+            repeat[path] = times
+    for split in merge_manifests(args.out, splits, repeat):
         labels = "with transcripts" if split.labeled else "audio only"
         print(f"  {split.name}: {split.utterances} utterances, {split.samples / 16000 / 3600:.3f} h, {labels}")
     return 0

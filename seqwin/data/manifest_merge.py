@@ -4,6 +4,10 @@ A manifest has a single root, so the merged one's root is the deepest directory 
 and each row's path is made relative to it. Transcripts (``.wrd``, and the ``.ltr`` made from it) are merged
 when every source of the split has them; otherwise only the ``.tsv`` is written, which is what pretraining
 reads. ``dict.ltr.txt`` counts the letters of every labeled split written.
+
+A source can be listed ``times`` times in a row (``repeat``), which upsamples a small corpus against a large one
+(as fairseq's ``--upsample-primary``): each pass over the merged split then sees its utterances that many times.
+``dict.ltr.txt`` counts each source once, so upsampling does not reorder the letters (the CTC output layer).
 """
 
 from __future__ import annotations
@@ -28,35 +32,43 @@ class MergedSplit:
     labeled: bool
 
 
-def merge_manifests(out_dir: Path, splits: dict[str, list[Path]]) -> list[MergedSplit]:
-    """Write ``out_dir/<name>.tsv`` (and ``.wrd``/``.ltr`` when every source has them) for each ``name -> sources``."""
+def merge_manifests(
+    out_dir: Path, splits: dict[str, list[Path]], repeat: dict[Path, int] | None = None
+) -> list[MergedSplit]:
+    """Write ``out_dir/<name>.tsv`` (and ``.wrd``/``.ltr`` when every source has them) for each ``name -> sources``;
+    a source in ``repeat`` is written ``repeat[source]`` times."""
     merged, letters = [], Counter[str]()
     for name, sources in splits.items():
         paths: list[Path] = []
         counts: list[int] = []
         labels: list[str] | None = []
+        distinct: list[str] = []  # each source's transcripts once: upsampling leaves the letter inventory alone
+        seen: set[Path] = set()
         for tsv in sources:
             root, entries = read_manifest(tsv)
-            paths += [Path(os.path.abspath(root / e.rel_path)) for e in entries]
-            counts += [e.num_samples for e in entries]
+            tsv_paths = [Path(os.path.abspath(root / e.rel_path)) for e in entries]
+            for path in tsv_paths:  # before repeating: only an explicit repeat may list a file twice
+                if path in seen:
+                    raise DataError(f"--split {name}: {path} is listed twice (the same manifest given twice?)")
+                seen.add(path)
+            times = (repeat or {}).get(tsv, 1)
+            paths += tsv_paths * times
+            counts += [e.num_samples for e in entries] * times
             wrd = tsv.with_suffix(".wrd")
             if labels is not None and wrd.is_file():
-                labels += read_labels(wrd, len(entries))
+                source_labels = read_labels(wrd, len(entries))
+                labels += source_labels * times
+                distinct += source_labels
             elif labels is not None:
                 log.info("%s has no transcripts beside it (%s): %s.tsv is written without them", tsv, wrd.name, name)
                 labels = None
         if not paths:
             raise DataError(f"--split {name}: the manifests {' '.join(map(str, sources))} list no audio")
-        seen: set[Path] = set()
-        for path in paths:
-            if path in seen:
-                raise DataError(f"--split {name}: {path} is listed twice (the same manifest given twice?)")
-            seen.add(path)
         root = Path(os.path.commonpath([p.parent for p in paths]))
         rels = [p.relative_to(root).as_posix() for p in paths]
         if labels is not None:
             write_manifest(out_dir, name, root, list(zip(rels, counts, labels, strict=True)))
-            letters.update(letter_counts(labels))
+            letters.update(letter_counts(distinct))
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             for ext in ("wrd", "ltr"):  # stale transcripts of an earlier labeled merge would pair with this .tsv
