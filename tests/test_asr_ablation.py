@@ -14,6 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import asr_ablation  # noqa: E402
 
+from seqwin.data.manifest import read_manifest, write_manifest  # noqa: E402
+
 
 @pytest.fixture
 def fake_runs(tmp_path: Path, monkeypatch) -> list[list[str]]:
@@ -107,3 +109,22 @@ def test_mixed_corpora_are_merged_once_with_the_mini_corpus_upsampled(tmp_path, 
     assert _value(long, "data.manifest_dir").endswith("data/ctc_voices_up3")
     assert _value(runs["ctc/ssl_mix/seed0"], "data.manifest_dir").endswith("mini/manifests")
     assert not any(kv.startswith("init.") for kv in runs["ctc/mix_aug_5k/seed0"])
+
+
+def test_labeled_subset_takes_whole_utterances_until_the_minutes_and_keeps_dev_and_letters(tmp_path):
+    mini = tmp_path / "mini"
+    mini.mkdir()
+    rows = [(f"a/{i}.flac", 16_000 * 30, f"WORD {i}") for i in range(10)]  # 30 s each
+    write_manifest(mini, "train", tmp_path / "audio", rows)
+    write_manifest(mini, "dev", tmp_path / "audio", rows[:2])
+    (mini / "dict.ltr.txt").write_text("| 20\nW 10\n")
+    folder = asr_ablation.labeled_subset(tmp_path / "out", mini, minutes=1.2, seed=0)
+    root, entries = read_manifest(folder / "train.tsv")
+    assert root == tmp_path / "audio" and len(entries) == 3  # 60 s < 72 s: a third utterance crosses the mark
+    words = (folder / "train.wrd").read_text().splitlines()
+    assert [f"WORD {e.rel_path[2:-5]}" for e in entries] == words  # labels travel with their audio
+    assert len(set(words)) == 3 and words != ["WORD 0", "WORD 1", "WORD 2"]  # a seeded draw, not the first rows
+    assert (folder / "dict.ltr.txt").read_text() == "| 20\nW 10\n"
+    assert (folder / "dev.tsv").read_text() == (mini / "dev.tsv").read_text()
+    again = asr_ablation.labeled_subset(tmp_path / "out", mini, minutes=1.2, seed=0)
+    assert again == folder and (folder / "train.wrd").read_text().splitlines() == words

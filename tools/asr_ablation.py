@@ -11,8 +11,12 @@ scored greedy on the mini test split, its pitch/tempo-shifted copies and a synth
     ssl_mix          CTC (as scratch) from a longer SSL run (2000 steps) on the mini corpus + the voices' audio
     mix_aug_5k       CTC from scratch on the mini corpus (3x) + the voices, augmented, 5000 steps
     ssl_mix_aug_5k   mix_aug_5k from the ssl_mix SSL model
+    scratch_10min    scratch with 10 minutes of the mini train split labeled (wav2vec 2.0's low-resource setting)
+    ssl_mix_10min    ssl_mix with the same 10 labeled minutes
+    ssl_mix_10min_frozen   ssl_mix_10min with the encoder frozen for the first 1000 steps (only the CTC head learns)
+    ssl_mix_10min_lr1e-3   ssl_mix_10min at a quarter of the recipe's learning rate
 
-Runs live under ``--out/runs`` (``ssl/<corpus>/seed<S>``, ``ctc/<variant>/seed<S>``, ``eval/<variant>/seed<S>``);
+Runs live under ``--out/runs`` (``ssl/<SSL run>/seed<S>``, ``ctc/<variant>/seed<S>``, ``eval/<variant>/seed<S>``);
 one that finished (its model.pt or summary.json exists) is not run again, so an interrupted sweep resumes. Up to
 ``--jobs`` trainings run at once, each with cpu_count/jobs threads. Writes ``asr_ablation.json`` (per variant and
 split: CER/WER of every seed, mean, min, max) and ``asr_ablation.png`` (mean CER, min-max bars) under ``--out``.
@@ -29,6 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,10 +46,13 @@ from pathlib import Path
 
 from bench_common import cpu_name
 
+from seqwin.data.manifest import read_labels, read_manifest, write_manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 SSL_RECIPE = "recipes/wav2vec2/ssl/mini.yaml"
 CTC_RECIPE = "recipes/wav2vec2/asr/mini.yaml"
 SHIFTS = ("pitch-3", "pitch+3", "tempo0.9", "tempo1.1")
+SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,10 @@ VARIANTS = {
     "ssl_mix": Variant(ssl="mix"),
     "mix_aug_5k": Variant(ssl=None, ctc_data="voices_up3", sets=AUGMENT + LONG),
     "ssl_mix_aug_5k": Variant(ssl="mix", ctc_data="voices_up3", sets=AUGMENT + LONG),
+    "scratch_10min": Variant(ssl=None, ctc_data="mini_10min"),
+    "ssl_mix_10min": Variant(ssl="mix", ctc_data="mini_10min"),
+    "ssl_mix_10min_frozen": Variant(ssl="mix", ctc_data="mini_10min", sets=("finetune.freeze_encoder_steps=1000",)),
+    "ssl_mix_10min_lr1e-3": Variant(ssl="mix", ctc_data="mini_10min", sets=("trainer.lr=0.001",)),
 }
 
 
@@ -82,6 +95,26 @@ def merged(out: Path, name: str, splits: dict[str, list[Path | str]]) -> Path:
         for split, tsvs in splits.items():
             cmd += ["--split", split, *map(str, tsvs)]
         subprocess.run(cmd, check=True, cwd=ROOT)
+    return folder
+
+
+def labeled_subset(out: Path, mini: Path, minutes: float, seed: int = 0) -> Path:
+    """Utterances of the mini train split, in a seeded random order, until ``minutes`` of audio, with the mini dev
+    split and letter dictionary (so the CTC output layer is the full corpus's), made once."""
+    folder = out / "data" / f"mini_{minutes:g}min"
+    if not (folder / "train.tsv").is_file():
+        root, entries = read_manifest(mini / "train.tsv")
+        words = read_labels(mini / "train.wrd", len(entries))
+        rows, samples = [], 0
+        for i in random.Random(seed).sample(range(len(entries)), len(entries)):
+            if samples >= minutes * 60 * SAMPLE_RATE:
+                break
+            rows.append((entries[i].rel_path, entries[i].num_samples, words[i]))
+            samples += entries[i].num_samples
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("dev.tsv", "dev.wrd", "dev.ltr", "dict.ltr.txt"):
+            shutil.copyfile(mini / name, folder / name)
+        write_manifest(folder, "train", root, rows)  # last: train.tsv marks the folder complete
     return folder
 
 
@@ -98,7 +131,8 @@ def corpora(data: Path, out: Path) -> tuple[dict[str, Callable[[], Path]], dict[
     ctc = {"mini": lambda: mini,
            "voices": lambda: merged(out, "ctc_voices", with_voices),
            "voices_up3": lambda: merged(out, "ctc_voices_up3", {"train": [f"{mini / 'train.tsv'}:3", voices],
-                                                                 "dev": dev})}
+                                                                 "dev": dev}),
+           "mini_10min": lambda: labeled_subset(out, mini, 10)}
     return ssl, ctc
 
 
