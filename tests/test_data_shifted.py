@@ -111,6 +111,9 @@ def test_merge_repeats_a_source(tmp_path: Path) -> None:
     assert (out / "train.wrd").read_text().splitlines() == ["HI", "HI", "HI", "YO", "NO"]
     assert (out / "dict.ltr.txt").read_text().splitlines()[:2] == ["| 3", "O 2"]  # letters of each source once
     assert main(["prepare", "merge", str(out), "--split", "train", f"{a}:0"]) == 2
+    # a repeat belongs to its split: the same manifest once in another split is listed once there
+    assert main(["prepare", "merge", str(out), "--split", "train", f"{a}:3", "--split", "ssl", str(a)]) == 0
+    assert len(read_manifest(out / "train.tsv")[1]) == 3 and len(read_manifest(out / "ssl.tsv")[1]) == 1
 
 
 def test_merge_cli_needs_a_manifest_per_split(tmp_path: Path, capsys) -> None:

@@ -47,12 +47,12 @@ from pathlib import Path
 from bench_common import cpu_name
 
 from seqwin.data.manifest import read_labels, read_manifest, write_manifest
+from seqwin.data.mini import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parents[1]
 SSL_RECIPE = "recipes/wav2vec2/ssl/mini.yaml"
 CTC_RECIPE = "recipes/wav2vec2/asr/mini.yaml"
 SHIFTS = ("pitch-3", "pitch+3", "tempo0.9", "tempo1.1")
-SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,14 @@ def corpora(data: Path, out: Path) -> tuple[dict[str, Callable[[], Path]], dict[
     mini = data / "mini" / "manifests"
     dev = [mini / "dev.tsv"]
     multi, voices = data / "multilingual" / "manifests" / "train.tsv", data / "voices" / "manifests" / "train.tsv"
-    with_voices = {"train": [mini / "train.tsv", voices], "dev": dev}
+    def with_voices() -> Path:  # labeled: CTC reads it, and pretraining reads its .tsv
+        return merged(out, "ctc_voices", {"train": [mini / "train.tsv", voices], "dev": dev})
+
     ssl = {"mini": lambda: mini,
            "multi": lambda: merged(out, "ssl_multi", {"train": [mini / "train.tsv", multi], "dev": dev}),
-           "voices": lambda: merged(out, "ctc_voices", with_voices)}
+           "voices": with_voices}
     ctc = {"mini": lambda: mini,
-           "voices": lambda: merged(out, "ctc_voices", with_voices),
+           "voices": with_voices,
            "voices_up3": lambda: merged(out, "ctc_voices_up3", {"train": [f"{mini / 'train.tsv'}:3", voices],
                                                                  "dev": dev}),
            "mini_10min": lambda: labeled_subset(out, mini, 10)}

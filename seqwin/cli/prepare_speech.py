@@ -116,17 +116,17 @@ def _run_merge(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     splits: dict[str, list[Path]] = {}
-    repeat: dict[Path, int] = {}
+    repeat: dict[str, dict[Path, int]] = {}
     for name, *sources in args.split:
         if not sources:
             raise UserError(f"--split {name}: give at least one .tsv manifest after the name")
         if name in splits:
             raise UserError(f"--split {name}: given twice")
-        splits[name] = []
+        splits[name], repeat[name] = [], {}
         for source in sources:
             path, times = _repeated(name, source)
             splits[name].append(path)
-            repeat[path] = times
+            repeat[name][path] = times
     for split in merge_manifests(args.out, splits, repeat):
         labels = "with transcripts" if split.labeled else "audio only"
         print(f"  {split.name}: {split.utterances} utterances, {split.samples / 16000 / 3600:.3f} h, {labels}")

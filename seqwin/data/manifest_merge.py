@@ -33,10 +33,10 @@ class MergedSplit:
 
 
 def merge_manifests(
-    out_dir: Path, splits: dict[str, list[Path]], repeat: dict[Path, int] | None = None
+    out_dir: Path, splits: dict[str, list[Path]], repeat: dict[str, dict[Path, int]] | None = None
 ) -> list[MergedSplit]:
     """Write ``out_dir/<name>.tsv`` (and ``.wrd``/``.ltr`` when every source has them) for each ``name -> sources``;
-    a source in ``repeat`` is written ``repeat[source]`` times."""
+    a source in ``repeat[name]`` is written ``repeat[name][source]`` times in that split."""
     merged, letters = [], Counter[str]()
     for name, sources in splits.items():
         paths: list[Path] = []
@@ -51,7 +51,7 @@ def merge_manifests(
                 if path in seen:
                     raise DataError(f"--split {name}: {path} is listed twice (the same manifest given twice?)")
                 seen.add(path)
-            times = (repeat or {}).get(tsv, 1)
+            times = (repeat or {}).get(name, {}).get(tsv, 1)
             paths += tsv_paths * times
             counts += [e.num_samples for e in entries] * times
             wrd = tsv.with_suffix(".wrd")
