@@ -42,25 +42,34 @@ N_FFT = 512
 SAMPLE_RATE = 16000  # the bundled pocketsphinx model's rate
 
 
+def in_band(freqs, lo: float, hi: float, top: float):
+    """``lo <= f < hi``, and ``f == hi`` too when ``hi`` is the top of the spectrum (so the last band keeps Nyquist)."""
+    return (freqs >= lo) & ((freqs < hi) | (freqs == hi) & (hi >= top))
+
+
+def stft(wave: np.ndarray) -> torch.Tensor:
+    """The probe's one short-time transform: 512 / hop 128 (32 / 8 ms at 16 kHz, about a recognizer's front end)."""
+    return torch.stft(torch.from_numpy(wave), N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT),
+                      return_complex=True)
+
+
 def swap_band(into: np.ndarray, source: np.ndarray, lo: float, hi: float, sample_rate: int) -> np.ndarray:
     """``into`` with its ``[lo, hi)`` Hz band replaced by ``source``'s (whole-utterance FFT, equal lengths)."""
     a, b = np.fft.rfft(into), np.fft.rfft(source)
     freqs = np.fft.rfftfreq(len(into), 1 / sample_rate)
-    band = (freqs >= lo) & (freqs < hi if hi < sample_rate / 2 else freqs <= hi)
+    band = in_band(freqs, lo, hi, sample_rate / 2)
     a[band] = b[band]
     return np.fft.irfft(a, len(into)).astype(np.float32)
 
 
 def swap_magnitude(into: np.ndarray, source: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``into`` with the short-time magnitude of its ``[lo, hi)`` Hz band taken from ``source``, keeping ``into``'s
-    phase (STFT 512 / hop 128, 32 / 8 ms at 16 kHz: about what a recognizer's front end sees)."""
-    window = torch.hann_window(N_FFT)
-    spec = [torch.stft(torch.from_numpy(w), N_FFT, N_FFT // 4, window=window, return_complex=True)
-            for w in (into, source)]
+    """``into`` with the short-time magnitude of its ``[lo, hi]`` Hz band (both edge bins) taken from ``source``,
+    keeping ``into``'s phase."""
+    spec = [stft(w) for w in (into, source)]
     freqs = torch.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)
     band = ((freqs >= lo) & (freqs <= hi))[:, None]
     mixed = torch.where(band, spec[1].abs() * torch.exp(1j * spec[0].angle()), spec[0])
-    return torch.istft(mixed, N_FFT, N_FFT // 4, window=window, length=len(into)).numpy()
+    return torch.istft(mixed, N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT), length=len(into)).numpy()
 
 
 def band_levels(pairs: list[tuple[np.ndarray, np.ndarray]], sample_rate: int) -> dict[str, list[float]]:
@@ -68,14 +77,12 @@ def band_levels(pairs: list[tuple[np.ndarray, np.ndarray]], sample_rate: int) ->
     (chosen on the original)."""
     freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
     sums = np.zeros((2, 2, len(EDGES_HZ) - 1))  # (speech | silence, original | reconstruction, band)
-    window = torch.hann_window(N_FFT)
     for orig, recon in pairs:
-        powers = [torch.stft(torch.from_numpy(w), N_FFT, N_FFT // 4, window=window, return_complex=True)
-                  .abs().pow(2).numpy() for w in (orig, recon)]
+        powers = [stft(w).abs().pow(2).numpy() for w in (orig, recon)]
         frame_energy = powers[0].sum(0)
         speech = frame_energy > frame_energy.max() * 10 ** (SILENCE_DB / 10)
         for b, (lo, hi) in enumerate(zip(EDGES_HZ[:-1], EDGES_HZ[1:], strict=True)):
-            rows = (freqs >= lo) & (freqs <= hi if hi == EDGES_HZ[-1] else freqs < hi)
+            rows = in_band(freqs, lo, hi, EDGES_HZ[-1])
             for k, power in enumerate(powers):
                 sums[0, k, b] += power[rows][:, speech].sum()
                 sums[1, k, b] += power[rows][:, ~speech].sum()
