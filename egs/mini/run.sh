@@ -132,7 +132,7 @@ fi
 # ---- speech codec (stages 9-14): FuseCodec-Distill, demo size, streaming (causal) -> exp/codec -------------
 # 9  the contextual teacher's text encoder: the LM tokenizer (shared with stage 20) and a text LM
 #    (recipes/lm/mini.yaml on Shakespeare, ~1 min) -> exp/codec/text_lm
-# 10 seqwin train codec (recipes/codec/mini.yaml, 7.5 min budget) with both teachers trained here: semantic = the
+# 10 seqwin train codec (recipes/codec/mini.yaml, 10 min budget) with both teachers trained here: semantic = the
 #    stage-4 wav2vec2 (its model_dim, 256, is the teacher_dim), contextual = the stage-9 LM over the transcripts;
 #    skipped once exp/codec/codec.pt exists
 # 11 seqwin tokenize the test split -> exp/codec/tokens/test (codes/<id>.npy int16 (8, frames) + index)
