@@ -53,6 +53,11 @@ def stft(wave: np.ndarray) -> torch.Tensor:
                       return_complex=True)
 
 
+def istft(spec: torch.Tensor, length: int) -> np.ndarray:
+    """The inverse of :func:`stft`, ``length`` samples long."""
+    return torch.istft(spec, N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT), length=length).numpy()
+
+
 def swap_band(into: np.ndarray, source: np.ndarray, lo: float, hi: float, sample_rate: int) -> np.ndarray:
     """``into`` with its ``[lo, hi)`` Hz band replaced by ``source``'s (whole-utterance FFT, equal lengths)."""
     a, b = np.fft.rfft(into), np.fft.rfft(source)
@@ -69,7 +74,7 @@ def swap_magnitude(into: np.ndarray, source: np.ndarray, lo: float, hi: float) -
     freqs = torch.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)
     band = ((freqs >= lo) & (freqs <= hi))[:, None]
     mixed = torch.where(band, spec[1].abs() * torch.exp(1j * spec[0].angle()), spec[0])
-    return torch.istft(mixed, N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT), length=len(into)).numpy()
+    return istft(mixed, len(into))
 
 
 def band_levels(pairs: list[tuple[np.ndarray, np.ndarray]], sample_rate: int) -> dict[str, list[float]]:
