@@ -12,6 +12,7 @@ from test_codec_util import speechlike, tiny_codec_config
 from seqwin.models.codec import create_codec
 from seqwin.models.codec.discriminators import DiscriminatorConfig, create_discriminators
 from seqwin.models.codec.losses import (
+    TERMS,
     LossWeights,
     MultiScaleMelLoss,
     context_align_loss,
@@ -28,14 +29,28 @@ SOFTPLUS_1 = math.log1p(math.exp(-1.0))  # -log sigmoid(1)
 
 def test_weights_match_the_spec():
     assert asdict(LossWeights()) == {"waveform": 500.0, "mel": 45.0, "feature_matching": 2.0, "adversarial": 1.0,
-                                     "commitment": 10.0, "distill": 120.0}
-    terms = {name: torch.tensor(1.0) for name in asdict(LossWeights())}
+                                     "commitment": 10.0, "distill": 120.0, "mel_start": None, "mel_ramp_steps": 0}
+    terms = {name: torch.tensor(1.0) for name in TERMS}
     assert float(generator_total(terms, LossWeights())) == pytest.approx(678.0)
     assert float(generator_total({"mel": torch.tensor(2.0)}, LossWeights())) == pytest.approx(90.0)
     with pytest.raises(KeyError):
         generator_total({"melody": torch.tensor(1.0)}, LossWeights())
     with pytest.raises(ValueError, match="weight must be >= 0"):
         LossWeights(adversarial=-1.0).validate()
+    with pytest.raises(KeyError):
+        generator_total({"mel_start": torch.tensor(1.0)}, LossWeights())
+
+
+def test_mel_weight_ramps_linearly_then_holds():
+    ramp = LossWeights(mel=200.0, mel_start=40.0, mel_ramp_steps=1000)
+    ramp.validate()
+    assert [ramp.at_step(s).mel for s in (0, 250, 999, 1000, 5000)] == pytest.approx([40.0, 80.0, 199.84, 200.0, 200.0])
+    assert ramp.at_step(250).waveform == 500.0 and ramp.mel == 200.0  # only the mel weight moves; no mutation
+    assert LossWeights(mel=135.0).at_step(0).mel == 135.0
+    assert float(generator_total({"mel": torch.tensor(1.0)}, ramp.at_step(500))) == pytest.approx(120.0)
+    for bad in (dict(mel_start=10.0), dict(mel_start=-1.0, mel_ramp_steps=10)):
+        with pytest.raises(ValueError, match="mel_start"):
+            LossWeights(**bad).validate()
 
 
 def test_lsgan_signs():

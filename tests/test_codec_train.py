@@ -96,26 +96,45 @@ def test_bf16_training_runs_like_float32(tmp_path):
                 assert bf16[term] == pytest.approx(fp32[term], rel=0.05), (fp32["step"], term)
 
 
-@pytest.mark.parametrize("variant", ["fusion", "context_align"])
-def test_variant_steps_use_the_teachers(tmp_path, variant):
+def _step_once(tmp_path: Path, cfg: CodecRecipeConfig, manifests: Path, at_step: int = 0):
+    """One generator step of a fresh codec on the first batch of ``manifests``; returns (model, loss, values)."""
     from seqwin.models.codec.discriminators import create_discriminators
     from seqwin.recipes.codec.data import SegmentDataset, read_split
     from seqwin.recipes.codec.teacher_features import TeacherFeatures
 
-    manifests = write_corpus(tmp_path / "corpus", count=2)
-    cfg = _recipe(manifests, 2, variant=variant)
-    cfg.adversarial_start_step = 5  # reconstruction + teacher terms only
-    cfg.model.modality_dropout = 0.0  # keep both fusion branches so the gradient check is deterministic
     torch.manual_seed(0)
     model = create_codec(cfg.model)
     disc = create_discriminators(cfg.discriminator)
     d_opt = torch.optim.AdamW(disc.parameters())
     step = GanStep(cfg, disc, d_opt, torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: 1.0),
                    TeacherFeatures(cfg, tmp_path / "cache"), torch.device("cpu"), 2)
+    step.step = at_step
     utts = read_split(manifests, "train", with_text=True)
     batch = next(iter(SegmentDataset(utts, segment_samples=3200, hop=320, batch_size=2, sample_rate=16000,
                                      seed=0).batches(0)))
     loss, values, _ = step(model, batch)
+    return model, loss, values
+
+
+def test_the_mel_weight_follows_its_ramp(tmp_path):
+    manifests = write_corpus(tmp_path / "corpus", count=2)
+    cfg = _recipe(manifests, 2)
+    cfg.adversarial_start_step = 5
+    cfg.losses.mel, cfg.losses.mel_start, cfg.losses.mel_ramp_steps = 200.0, 40.0, 4
+    _, loss, values = _step_once(tmp_path, cfg, manifests, at_step=2)
+    assert values["mel_weight"] == pytest.approx(120.0)
+    weights = {"waveform": 500.0, "mel": 120.0, "commitment": 10.0, "distill": 120.0}
+    assert set(weights) == {k for k in values if k in weights}
+    assert float(loss) == pytest.approx(sum(w * values[k] for k, w in weights.items()), rel=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["fusion", "context_align"])
+def test_variant_steps_use_the_teachers(tmp_path, variant):
+    manifests = write_corpus(tmp_path / "corpus", count=2)
+    cfg = _recipe(manifests, 2, variant=variant)
+    cfg.adversarial_start_step = 5  # reconstruction + teacher terms only
+    cfg.model.modality_dropout = 0.0  # keep both fusion branches so the gradient check is deterministic
+    model, loss, values = _step_once(tmp_path, cfg, manifests)
     loss.backward()
     if variant == "fusion":  # the teachers' global vectors reach the latent through the cross-attention
         assert "distill" not in values and model.fusion.context_in.weight.grad.abs().sum() > 0

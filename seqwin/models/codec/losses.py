@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -65,11 +65,30 @@ class LossWeights:
     commitment: float = 10.0
     distill: float = 120.0
     """Weight of the teacher term: distillation (distill variant) or alignment (context_align variant)."""
+    mel_start: float | None = None
+    """The mel weight at step 0, rising linearly to ``mel`` at step ``mel_ramp_steps``; None: ``mel`` from the
+    start. A high mel weight from step 0 can let the phase go before the waveform term has set it (a run whose
+    SI-SNR collapsed to -45 dB); starting low avoids that, but delays what the mel term buys in intelligibility
+    (measured in docs/design/codec-demo.md, "The loss balance")."""
+    mel_ramp_steps: int = 0
 
     def validate(self) -> None:
-        for name, value in vars(self).items():
-            if value < 0:
-                raise ValueError(f"{name} weight must be >= 0, got {value}")
+        for name in TERMS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} weight must be >= 0, got {getattr(self, name)}")
+        if self.mel_start is not None and (self.mel_start < 0 or self.mel_ramp_steps < 1):
+            raise ValueError(f"mel_start needs mel_start >= 0 and mel_ramp_steps >= 1, got {self.mel_start} and "
+                             f"{self.mel_ramp_steps}")
+
+    def at_step(self, step: int) -> LossWeights:
+        """The weights to use at training step ``step`` (only the mel weight changes over steps)."""
+        if self.mel_start is None or step >= self.mel_ramp_steps:
+            return self
+        return replace(self, mel=self.mel_start + (self.mel - self.mel_start) * step / self.mel_ramp_steps)
+
+
+TERMS = ("waveform", "mel", "feature_matching", "adversarial", "commitment", "distill")
+"""The :class:`LossWeights` fields that weigh a generator term (the others schedule them)."""
 
 
 class MultiScaleMelLoss(nn.Module):
@@ -159,7 +178,7 @@ def context_align_loss(pred: Tensor, mask: Tensor, aligned_context: Tensor, pres
 
 def generator_total(terms: dict[str, Tensor], weights: LossWeights) -> Tensor:
     """Weighted sum of the generator terms present in ``terms`` (keys are :class:`LossWeights` field names)."""
-    unknown = set(terms) - set(vars(weights))
+    unknown = set(terms) - set(TERMS)
     if unknown:
         raise KeyError(f"unknown loss terms {sorted(unknown)}")
     return sum(getattr(weights, name) * value for name, value in terms.items())

@@ -108,8 +108,11 @@ class GanStep:
             self.disc.requires_grad_(True)
             terms["adversarial"] = generator_adversarial_loss(fake_logits)
             terms["feature_matching"] = feature_matching_loss(real_feats, fake_feats)
-        loss = generator_total(terms, cfg.losses)
+        weights = cfg.losses.at_step(self.step)
+        loss = generator_total(terms, weights)
         values.update({name: float(value.detach()) for name, value in terms.items()})
+        if cfg.losses.mel_start is not None:
+            values["mel_weight"] = weights.mel
         self.recent_codes.append(out.codes.detach().cpu())
         stats = codebook_stats(torch.cat([c.transpose(0, 1).reshape(c.shape[1], -1) for c in self.recent_codes],
                                          dim=1), cfg.model.quantizer.codebook_size)
