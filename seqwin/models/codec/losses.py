@@ -74,8 +74,8 @@ class LossWeights:
 
     def validate(self) -> None:
         for name in TERMS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} weight must be >= 0, got {getattr(self, name)}")
+            if (value := getattr(self, name)) < 0:
+                raise ValueError(f"{name} weight must be >= 0, got {value}")
         if self.mel_start is not None and (self.mel_start < 0 or self.mel_ramp_steps < 1):
             raise ValueError(f"mel_start needs mel_start >= 0 and mel_ramp_steps >= 1, got {self.mel_start} and "
                              f"{self.mel_ramp_steps}")
@@ -177,7 +177,7 @@ def context_align_loss(pred: Tensor, mask: Tensor, aligned_context: Tensor, pres
 
 
 def generator_total(terms: dict[str, Tensor], weights: LossWeights) -> Tensor:
-    """Weighted sum of the generator terms present in ``terms`` (keys are :class:`LossWeights` field names)."""
+    """Weighted sum of the generator terms present in ``terms`` (keys from :data:`TERMS`)."""
     unknown = set(terms) - set(TERMS)
     if unknown:
         raise KeyError(f"unknown loss terms {sorted(unknown)}")
