@@ -5,12 +5,29 @@ from __future__ import annotations
 import pytest
 import torch
 
+import seqwin.attention.sliding_window.cpu_band as cpu_band
 from seqwin.attention import sliding_window_attention
 from seqwin.attention.reference import sliding_window_attention_reference, sliding_window_mask
 
 WINDOWS = [(0, 0), (1, 0), (3, 5), (64, 0), (128, 128), (-1, 0), (0, -1), (-1, -1)]
 LENGTHS = [1, 7, 129, 1000]
 TOL = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
+# The CPU backend attends to short rows whole (cpu_rows.MaskedRows) and bands long ones; each case runs both.
+CPU_PATHS = {"cpu-band": 0, "cpu-rows": 1 << 30}
+BACKENDS = [*CPU_PATHS, "blocked"]
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """``use(backend)``: the public backend name, with the CPU path forced for ``cpu-band`` / ``cpu-rows``."""
+
+    def force(backend: str) -> str:
+        if backend not in CPU_PATHS:
+            return backend
+        monkeypatch.setattr(cpu_band, "_MASKED_ROWS_SPANS", CPU_PATHS[backend])
+        return "cpu"
+
+    return force
 
 
 def _inputs(b, nq, nk, h, hk, d, dtype, seed=0):
@@ -38,29 +55,39 @@ def _compare(q, k, v, backend, **kw):
         assert err <= tol * (1 + scale), f"{name}: max error {err:.2e} (ref scale {scale:.2e})"
 
 
-@pytest.mark.parametrize("backend", ["cpu", "blocked"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("window", WINDOWS, ids=str)
-def test_grid_with_padding(window, n, dtype, backend):
+def test_grid_with_padding(window, n, dtype, backend, use):
     q, k, v = _inputs(2, n, n, 4, 4, 16, dtype)
     lens = [n, max(1, (2 * n) // 3)]
-    _compare(q, k, v, backend, window=window, seq_lens=lens)
+    _compare(q, k, v, use(backend), window=window, seq_lens=lens)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "blocked"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("window", [(5, 0), (40, 7), (-1, 0)], ids=str)
-def test_gqa_sinks_dilation(window, backend):
+def test_gqa_sinks_dilation(window, backend, use):
     q, k, v = _inputs(3, 301, 301, 8, 2, 32, torch.float32, seed=1)
-    _compare(q, k, v, backend, window=window, seq_lens=[301, 77, 0], num_sinks=3, dilation=2)
+    _compare(q, k, v, use(backend), window=window, seq_lens=[301, 77, 0], num_sinks=3, dilation=2)
+
+
+@pytest.mark.parametrize("half_in_fp32", [False, True], ids=["bf16-kernel", "fp32-kernel"])
+@pytest.mark.parametrize("path", list(CPU_PATHS))
+@pytest.mark.parametrize("window", [(3, 5), (64, 0), (-1, 0)], ids=str)
+def test_bf16_in_either_kernel_precision(window, path, half_in_fp32, use, monkeypatch):
+    """bf16 inputs run the fused kernel in bf16 (CPUs with AMX) or in float32 (the others, where that is faster):
+    each CPU picks one, and both must match the reference on whichever CPU runs the tests."""
+    monkeypatch.setattr(cpu_band, "_HALF_IN_FP32", half_in_fp32)
+    q, k, v = _inputs(2, 129, 129, 4, 2, 16, torch.bfloat16, seed=5)
+    _compare(q, k, v, use(path), window=window, seq_lens=[129, 50], num_sinks=1)
 
 
 @pytest.mark.parametrize("window", [(64, 0), (20, 9)], ids=str)
 def test_backward_in_bounded_span_groups(window, monkeypatch):
     """Long sequences run the fused backward over groups of chunks (memory flat in N); a tiny budget forces
     groups of one or two chunks here, with padding and sinks, and gradients must not change."""
-    import seqwin.attention.sliding_window.cpu_band as cpu_band
-
+    monkeypatch.setattr(cpu_band, "_MASKED_ROWS_SPANS", 0)
     monkeypatch.setattr(cpu_band, "_BWD_SPAN_BUDGET", 1)
     q, k, v = _inputs(2, 700, 700, 4, 2, 16, torch.float32, seed=3)
     _compare(q, k, v, "cpu", window=window, seq_lens=[700, 451], num_sinks=2)
@@ -68,19 +95,19 @@ def test_backward_in_bounded_span_groups(window, monkeypatch):
     _compare(q, k, v, "cpu", window=window, seq_lens=[700, 451])
 
 
-@pytest.mark.parametrize("backend", ["cpu", "blocked"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("nq", [1, 5, 64])
-def test_bottom_right_alignment(nq, backend):
+def test_bottom_right_alignment(nq, backend, use):
     # Decoding / chunked prefill: fewer queries than keys, queries are the last positions.
     q, k, v = _inputs(2, nq, 200, 4, 4, 16, torch.float32, seed=2)
-    _compare(q, k, v, backend, window=(50, 0), k_seq_lens=[200, 200], num_sinks=2)
+    _compare(q, k, v, use(backend), window=(50, 0), k_seq_lens=[200, 200], num_sinks=2)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "blocked"])
-def test_per_head_windows(backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_head_windows(backend, use):
     q, k, v = _inputs(2, 150, 150, 4, 2, 16, torch.float32, seed=3)
     windows = [(4, 0), (16, 16), (4, 0), (-1, 0)]
-    _compare(q, k, v, backend, window=windows, seq_lens=[150, 99])
+    _compare(q, k, v, use(backend), window=windows, seq_lens=[150, 99])
 
 
 def test_different_value_dim():

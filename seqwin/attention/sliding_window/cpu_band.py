@@ -5,7 +5,8 @@ log-sum-exp; its backward recomputes probabilities from that log-sum-exp (FlashA
 strided views: each query chunk against its key span (see ``band_plan``), interior chunks under one shared band
 mask, edge chunks with masks of their own, sinks as a separate small call. Partial results over disjoint key sets
 merge exactly through their log-sum-exps, and the backward of each part needs only the merged output and merged
-log-sum-exp. Nothing N x N is ever built: memory is O(N * (left + right)).
+log-sum-exp. Nothing N x N is ever built: memory is O(N * (left + right)). Rows shorter than two spans go to the
+whole-row paths of ``cpu_rows`` instead; their masks are then at most two spans wide, so the bound holds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from seqwin.attention.lse import additive, merge
 from seqwin.attention.reference import Window, window_mask
 from seqwin.attention.sliding_window.band_plan import BandPlan, make_plan
+from seqwin.attention.sliding_window.cpu_rows import DenseRows, MaskedRows, rows_mask
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -27,6 +29,17 @@ _EDGE_MASK_BUDGET = 1 << 24
 # The fused backward returns key/value gradients per span (n, Hk, span, D), overlap included: cap the elements of
 # one call's span gradients so peak memory stays flat in N (64k tokens would otherwise hold ~1 GB of them).
 _BWD_SPAN_BUDGET = 1 << 23
+# Rows with fewer keys than this many spans attend to the whole row under one mask (``cpu_rows.MaskedRows``):
+# a span is ``chunk + left + right`` keys rounded up to whole chunks, so such rows are a few chunks long, nearly
+# all edge chunks, and the band does as much work as the whole row or more, plus per-chunk gathers and masks.
+# Measured fwd+bwd on a Zen 4 (tools/bench_short_rows.py; window +-32, so span 128): 2.1-3.7x faster than the
+# band for rows of 48-192 keys, about even at 256-384.
+_MASKED_ROWS_SPANS = 2
+# The fused kernel's bf16/fp16 path is fast where it runs on AMX tiles; without them (AVX512-BF16 Zen 4, AVX2) it
+# is slower than float32: on a Zen 4, bf16 took 1.1-2.9x the time of float32, the casts included, for rows of
+# 48-640 keys (tools/bench_short_rows.py). There, half-precision inputs are attended in float32 and the output
+# cast back, which is also the more accurate result.
+_HALF_IN_FP32 = not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 def _chunks(x: Tensor, plan: BandPlan) -> Tensor:
@@ -216,55 +229,27 @@ class _BandAttention(torch.autograd.Function):
         return *grads, None, None, None, None
 
 
-class _DenseRows(torch.autograd.Function):
-    """Windows that cover every key (optionally causal): one unmasked fused call per row, sliced to its length.
-
-    A band plan would build masks as large as the whole attention matrix here; the rows' own lengths do it free.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, q_lens: list[int], k_lens: list[int], causal: bool, scale: float):
-        out = torch.zeros_like(q)
-        lses = []
-        for row, (ql, kl) in enumerate(zip(q_lens, k_lens, strict=True)):
-            if ql == 0 or kl == 0:
-                lses.append(None)
-                continue
-            o, l = _flash(q[row : row + 1, :ql].transpose(1, 2), k[row : row + 1, :kl].transpose(1, 2),
-                          v[row : row + 1, :kl].transpose(1, 2), 0.0, causal, scale=scale)
-            out[row, :ql] = o[0].transpose(0, 1)
-            lses.append(l)
-        ctx.save_for_backward(q, k, v, out)
-        ctx.lses, ctx.q_lens, ctx.k_lens, ctx.causal, ctx.scale = lses, q_lens, k_lens, causal, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out = ctx.saved_tensors
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for row, (ql, kl, l) in enumerate(zip(ctx.q_lens, ctx.k_lens, ctx.lses, strict=True)):
-            if l is None:
-                continue
-            pairs = ((grad_out, ql), (q, ql), (k, kl), (v, kl), (out, ql))
-            t = [x[row : row + 1, :n].transpose(1, 2) for x, n in pairs]
-            gq, gk, gv = _flash_bwd(*t, l, 0.0, ctx.causal, scale=ctx.scale)
-            dq[row, :ql] = gq[0].transpose(0, 1)
-            dk[row, :kl] = gk[0].transpose(0, 1)
-            dv[row, :kl] = gv[0].transpose(0, 1)
-        return dq, dk, dv, None, None, None, None
-
-
 def cpu_band_attention(
     q: Tensor, k: Tensor, v: Tensor, window: Window, *, q_lens: list[int], k_lens: list[int],
     num_sinks: int = 0, dilation: int = 1, scale: float | None = None, chunk: int | None = None,
 ) -> Tensor:
-    """Sliding-window attention on CPU tensors; arguments already validated by the public API."""
+    """Sliding-window attention on CPU tensors; arguments already validated by the public API. Rows that the
+    window covers, or that are short next to the band's key span, take a whole-row path (``cpu_rows``)."""
+    if _HALF_IN_FP32 and q.dtype != torch.float32:
+        out = cpu_band_attention(q.float(), k.float(), v.float(), window, q_lens=q_lens, k_lens=k_lens,
+                                 num_sinks=num_sinks, dilation=dilation, scale=scale, chunk=chunk)
+        return out.to(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     num_sinks = min(num_sinks, k.shape[1])  # more sinks than keys (a short prompt): every key is a sink
     plan = make_plan(q.shape[0], q.shape[1], k.shape[1], window, num_sinks=num_sinks, dilation=dilation, chunk=chunk)
     if num_sinks == 0 and dilation == 1 and plan.left >= plan.offset + plan.q_len - 1:
         if plan.right >= plan.k_len - 1 - plan.offset:
-            return _DenseRows.apply(q, k, v, q_lens, k_lens, False, scale)
+            return DenseRows.apply(q, k, v, q_lens, k_lens, False, scale)
         if window[1] == 0 and plan.offset == 0 and q_lens == k_lens:
-            return _DenseRows.apply(q, k, v, q_lens, k_lens, True, scale)
+            return DenseRows.apply(q, k, v, q_lens, k_lens, True, scale)
+    b, nq, _, _ = q.shape
+    nk = k.shape[1]
+    if nk < _MASKED_ROWS_SPANS * plan.span and b * nq * nk <= _EDGE_MASK_BUDGET:
+        mask = rows_mask(nq, nk, window, q_lens, k_lens, num_sinks=num_sinks, dilation=dilation, device=q.device)
+        return MaskedRows.apply(q, k, v, mask, scale)
     return _BandAttention.apply(q, k, v, plan, q_lens, k_lens, scale)
