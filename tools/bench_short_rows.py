@@ -8,7 +8,8 @@ over [3N/4, N]), a symmetric window ``+-window``, forward and backward, in fp32 
   without AMX (``cpu_band._HALF_IN_FP32``);
 - ``seqwin_band``: the same with the banded path forced at every length;
 - ``seqwin_bf16_kernel`` (bf16 cases): the same with the kernel forced to run in bf16;
-- ``dense_sdpa``: torch's ``scaled_dot_product_attention`` under the same boolean ``(B, 1, N, N)`` mask.
+- ``dense_sdpa``: torch's ``scaled_dot_product_attention`` under the same boolean ``(B, 1, N, N)`` mask, built in
+  the call (from the reference's ``sliding_window_mask``) as each new batch needs it.
 
 Each case runs in its own subprocess; the best of ``--repeats`` timed calls after a warm-up counts. Writes
 ``results.json``, ``results.md`` and ``short_rows.png`` under ``--out``.
@@ -48,9 +49,8 @@ def _run_case(case: dict) -> dict:
     if method == "seqwin_bf16_kernel":
         cpu_band._HALF_IN_FP32 = False
     if method == "dense_sdpa":
-        mask = sliding_window_mask(b, n, n, (w, w), seq_lens=torch.tensor(lens))
-
-        def attend(q, k, v):
+        def attend(q, k, v):  # every batch has its own lengths, so its mask is part of the call
+            mask = sliding_window_mask(b, n, n, (w, w), seq_lens=torch.tensor(lens))
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  attn_mask=mask)
             return out.transpose(1, 2)

@@ -32,7 +32,7 @@ _BWD_SPAN_BUDGET = 1 << 23
 # Rows with fewer keys than this many spans attend to the whole row under one mask (``cpu_rows.MaskedRows``):
 # a span is ``chunk + left + right`` keys rounded up to whole chunks, so such rows are a few chunks long, nearly
 # all edge chunks, and the band does as much work as the whole row or more, plus per-chunk gathers and masks.
-# Measured fwd+bwd on a Zen 4 (tools/bench_short_rows.py; window +-32, so span 128): 2.1-3.7x faster than the
+# Measured fwd+bwd on a Zen 4 (tools/bench_short_rows.py; window +-32, so span 128): 1.9-4.0x faster than the
 # band for rows of 48-192 keys, about even at 256-384.
 _MASKED_ROWS_SPANS = 2
 # The fused kernel's bf16/fp16 path is fast where it runs on AMX tiles; without them (AVX512-BF16 Zen 4, AVX2) it
