@@ -77,7 +77,9 @@ class MaskedRows(torch.autograd.Function):
         am = additive(mask).unsqueeze(1)
         out, lse = _flash(q, k, v, 0.0, False, attn_mask=am, scale=scale)
         # Queries that see no key (padding, or a window that misses every key) output zeros; +inf in their
-        # log-sum-exp makes their recomputed probabilities, and so their gradients, exactly zero.
+        # log-sum-exp makes their recomputed probabilities, and so their gradients, exactly zero. torch 2.9.1's
+        # kernel already returns zeros and a finite log-sum-exp there; this pins the result instead of relying on
+        # an undocumented detail of the kernel (the band path does the same).
         empty = ~mask.any(-1)[:, None, :]
         out = out.masked_fill_(empty[..., None], 0.0)
         lse = lse.masked_fill(empty, float("inf"))
