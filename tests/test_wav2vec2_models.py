@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from fairseq2.nn import BatchLayout
 from seqwin.attention import AttentionSpec, LayerAttentionConfig
 from seqwin.attention.fairseq2 import MixedSDPA, SlidingWindowSDPA
 from seqwin.models.wav2vec2.checkpoint import ModelLoadError, load, save
-from seqwin.models.wav2vec2.config import asr_presets, ssl_presets
+from seqwin.models.wav2vec2.config import InterCtcConfig, asr_presets, ssl_presets
 from seqwin.models.wav2vec2.factory import (
     create_seqwin_wav2vec2_asr_model,
     create_seqwin_wav2vec2_model,
@@ -96,6 +97,49 @@ def test_bad_attention_configs(bad, needle):
     with pytest.raises(ValueError, match=needle):
         cfg.validate()
         create_seqwin_wav2vec2_asr_model(cfg)
+
+
+@pytest.mark.parametrize("inter,needle", [
+    (InterCtcConfig(weight=1.0), "inter_ctc.weight"),
+    (InterCtcConfig(weight=0.3, layer=2), "inter_ctc.layer must be in \\[1, 1\\]"),
+    (InterCtcConfig(weight=0.3, layer=0), "inter_ctc.layer"),
+])
+def test_bad_inter_ctc_configs(inter, needle):
+    cfg = small(asr_presets()["tiny"])
+    cfg.inter_ctc = inter
+    with pytest.raises(ValueError, match=needle):
+        cfg.validate()
+    cfg.inter_ctc, cfg.model.encoder_config.layer_drop_p = InterCtcConfig(weight=0.3), 0.1
+    with pytest.raises(ValueError, match="layer_drop_p"):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("norm_order", [TransformerNormOrder.POST, TransformerNormOrder.PRE])
+def test_inter_ctc_loss_is_the_weighted_sum_of_the_last_and_the_middle_layers_ctc(norm_order):
+    cfg = small(asr_presets()["tiny"], "local", (2, 2))
+    cfg.model.encoder_config.num_encoder_layers, cfg.model.encoder_config.norm_order = 3, norm_order
+    cfg.model.use_masking, cfg.model.final_dropout_p = False, 0.0
+
+    def build(weight: float):  # the same weights every time (deepcopy refuses weight-normed modules)
+        torch.manual_seed(0)
+        return create_seqwin_wav2vec2_asr_model(dataclasses.replace(cfg, inter_ctc=InterCtcConfig(weight=weight,
+                                                                                                 layer=2))).train()
+
+    model, plain, cut = build(0.3), build(0.0), build(0.0)
+    # references: the plain CTC loss of the whole model, and of the model cut after layer 2 (same norm and head)
+    cut.encoder.layers = cut.encoder.layers[:2]
+    wav, layout = _audio()
+    targets = torch.randint(1, 12, (3, 4))
+    target_layout = BatchLayout.of(targets, seq_lens=[4, 3, 2])
+    loss = model(wav, layout, targets, target_layout)
+    full_loss, cut_loss = plain(wav, layout, targets, target_layout), cut(wav, layout, targets, target_layout)
+    assert (full_loss - cut_loss).abs() > 1e-3
+    torch.testing.assert_close(loss, 0.7 * full_loss + 0.3 * cut_loss)
+    loss.backward()
+    assert model.encoder.layers[2].ffn.output_proj.weight.grad.abs().sum() > 0
+    model.eval()  # validation and decoding see the plain model
+    with torch.no_grad():
+        torch.testing.assert_close(model(wav, layout, targets, target_layout), full_loss.detach())
 
 
 def test_window_covering_everything_equals_dense_and_narrow_window_differs():

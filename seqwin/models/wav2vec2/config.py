@@ -12,6 +12,8 @@ meaning, and add:
   (20 ms each with the paper's conv frontend).
 - ``frontend``: ``conv`` (the paper's waveform CNN) or ``logmel`` (log-mel filterbanks stacked ``stack`` frames
   at a time: a cheap feature encoder for CPU-sized models; the quantizer then discretizes stacked filterbanks).
+- CTC only, ``inter_ctc``: intermediate CTC, a training loss on a middle layer through the same head
+  (:mod:`seqwin.models.wav2vec2.asr`).
 
 Presets: SSL ``tiny`` / ``base`` / ``large``; CTC ``tiny`` / ``base_10h`` / ``base_100h`` / ``large_10h`` /
 ``large_100h``. ``base`` is the paper's Base (12 layers, 768 dim, 12 heads), ``large`` its Large (24, 1024, 16).
@@ -120,17 +122,42 @@ class SeqwinWav2Vec2Config:
 
 
 @dataclass(kw_only=True)
+class InterCtcConfig:
+    """Intermediate CTC: the training loss is ``(1 - weight) * CTC(last layer) + weight * CTC(layer)``."""
+
+    weight: float = 0.0
+    """0 turns it off (fairseq2's loss exactly)."""
+    layer: int | None = None
+    """1-based encoder layer whose output is scored; ``None``: the middle one (``num_encoder_layers // 2``)."""
+
+    def resolved_layer(self, num_layers: int) -> int:
+        return num_layers // 2 if self.layer is None else self.layer
+
+
+@dataclass(kw_only=True)
 class SeqwinWav2Vec2AsrConfig:
     """wav2vec 2.0 encoder + linear CTC head over letters (blank = index 0)."""
 
     model: Wav2Vec2AsrConfig = field(default_factory=Wav2Vec2AsrConfig)
     attention: LayerAttentionConfig = field(default_factory=LayerAttentionConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    inter_ctc: InterCtcConfig = field(default_factory=InterCtcConfig)
 
     def validate(self) -> None:
         _check_common(self.model.encoder_config, self.attention, self.frontend, "model.")
         if self.model.target_vocab_size < 2:
             raise ValueError("model.target_vocab_size must be >= 2 (blank + at least one symbol)")
+        inter, enc = self.inter_ctc, self.model.encoder_config
+        if not 0.0 <= inter.weight < 1.0:
+            raise ValueError(f"inter_ctc.weight must be in [0, 1), got {inter.weight}")
+        if inter.weight > 0.0:
+            layer = inter.resolved_layer(enc.num_encoder_layers)
+            if not 1 <= layer < enc.num_encoder_layers:
+                raise ValueError(f"inter_ctc.layer must be in [1, {enc.num_encoder_layers - 1}] (a layer below the "
+                                 f"last), got {layer}")
+            if enc.layer_drop_p > 0.0:
+                raise ValueError("inter_ctc.weight > 0 needs model.encoder_config.layer_drop_p = 0 (a dropped "
+                                 "layer has no output to score)")
 
 
 # ---- presets -------------------------------------------------------------------------------------------------

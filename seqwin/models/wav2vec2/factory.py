@@ -1,6 +1,7 @@
 """Factories: fairseq2's wav2vec 2.0 factories with seqwin attention per encoder layer and an optional log-mel
 frontend. Everything else (feature CNN, conv position encoder, masker, quantizer, losses, CTC head) is fairseq2's
-code, so state dicts keep fairseq2's key names and fairseq1/fairseq2 checkpoints load unchanged.
+code, so state dicts keep fairseq2's key names and fairseq1/fairseq2 checkpoints load unchanged. The CTC model
+is fairseq2's with an optional intermediate-CTC training loss (:mod:`seqwin.models.wav2vec2.asr`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from seqwin.attention import LayerAttentionConfig
 from seqwin.attention.fairseq2 import make_sdpa
+from seqwin.models.wav2vec2.asr import InterCtcAsrModel
 from seqwin.models.wav2vec2.config import (
     AUGMENT_FIELDS,
     FrontendConfig,
@@ -108,6 +110,18 @@ class _AsrFactory(Wav2Vec2AsrFactory):
     def __init__(self, config: SeqwinWav2Vec2AsrConfig) -> None:
         super().__init__(config.model)
         self._encoders = SeqwinEncoderFactory(config.model.encoder_config, config.attention, config.frontend)
+        self._inter_ctc = config.inter_ctc
+
+    def create_model(self) -> Wav2Vec2AsrModel:
+        c = self._config
+        # fairseq2's order of creation, so a seed gives the same initial weights as its factory
+        frontend, encoder = self.create_encoder_frontend(), self.create_encoder()
+        masker = self.create_masker() if c.use_masking else None
+        return InterCtcAsrModel(
+            c.encoder_config.model_dim, frontend, encoder, self.create_final_projection(), masker=masker,
+            final_dropout_p=c.final_dropout_p, inter_ctc_weight=self._inter_ctc.weight,
+            inter_ctc_layer=self._inter_ctc.resolved_layer(c.encoder_config.num_encoder_layers),
+        )
 
     def create_masker(self) -> Wav2Vec2Masker:
         return _masker(self._config, equal_counts=False)
