@@ -29,11 +29,6 @@ class InterCtcAsrModel(Wav2Vec2AsrModel):
                 targets_layout: BatchLayout | None = None, *, return_logits: bool = False):
         if targets is None or not self.training or self.inter_ctc_weight == 0.0:
             return super().forward(seqs, seqs_layout, targets, targets_layout, return_logits=return_logits)
-        if targets_layout is None or targets_layout.packed:
-            raise ValueError("`targets_layout` must be given, and not packed, with `targets`")
-        seqs, seqs_layout, _ = self.encoder_frontend.extract_features(seqs, seqs_layout)
-        seqs, _ = self.encoder_frontend.process_features(seqs, seqs_layout, self.masker)
-
         kept: list[Tensor] = []
 
         def keep_layer_output(index: int, out: Tensor, layout: BatchLayout, num_layers: int) -> bool:
@@ -41,23 +36,20 @@ class InterCtcAsrModel(Wav2Vec2AsrModel):
                 kept.append(out)
             return True
 
+        # fairseq2's forward and loss for the last layer; the hook keeps layer k's output on the way
         handle = self.encoder.register_layer_hook(keep_layer_output)
         try:
-            seqs = self.encoder(seqs, seqs_layout)
+            loss, logits, layout = super().forward(seqs, seqs_layout, targets, targets_layout, return_logits=True)
         finally:
             handle.remove()
         inter = kept[0] if self.encoder.layer_norm is None else self.encoder.layer_norm(kept[0])
-        logits = self._head(seqs)
-
-        def ctc(layer_logits: Tensor) -> Tensor:
-            # (b, s, v) -> (s, b, v); float32 for the same stability reason as fairseq2's loss
-            log_probs = torch.log_softmax(layer_logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-            return ctc_loss(log_probs, targets, seqs_layout.seq_lens_pt, targets_layout.seq_lens_pt,
-                            reduction="sum", zero_infinity=True)
-
+        # (b, s, v) -> (s, b, v); float32 for the same stability reason as fairseq2's loss
+        log_probs = torch.log_softmax(self._head(inter), dim=-1, dtype=torch.float32).transpose(0, 1)
+        inter_loss = ctc_loss(log_probs, targets, layout.seq_lens_pt, targets_layout.seq_lens_pt,
+                              reduction="sum", zero_infinity=True)
         w = self.inter_ctc_weight
-        loss = (1.0 - w) * ctc(logits) + w * ctc(self._head(inter))
-        return (loss, logits, seqs_layout) if return_logits else loss
+        loss = (1.0 - w) * loss + w * inter_loss
+        return (loss, logits, layout) if return_logits else loss
 
     def _head(self, seqs: Tensor) -> Tensor:
         if self.final_dropout is not None:
