@@ -25,7 +25,7 @@ from seqwin.io import checkpoint_files
 from seqwin.training import CheckpointManager, ConfigError, MetricWriter, Trainer, TrainerConfig, load_config
 from seqwin.training.checkpoint import safe_load
 from seqwin.training.run_dir import LOCK_NAME, RunDirInUse, hold_run_dir
-from seqwin.training.trainer import TrainingError
+from seqwin.training.trainer import TrainingError, create_adamw
 
 
 @dataclass
@@ -110,6 +110,29 @@ def test_resume_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b)
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["split"] == "train" and "loss" in rows[0] and (tmp_path / "a" / "tb").is_dir()
+
+
+def test_fused_adamw_takes_the_per_tensor_loops_steps():
+    """The trainer's optimizer is the fused AdamW kernel (one pass over all parameters) except for FSDP shards;
+    its steps are AdamW's to float rounding."""
+    cfg = TrainerConfig(max_steps=4, warmup_steps=0, lr=0.01, weight_decay=0.1)
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    fused_params = [nn.Parameter(p.clone()) for p in start]
+    loop_params = [nn.Parameter(p.clone()) for p in start]
+    fused = create_adamw(fused_params, cfg, torch.device("cpu"))
+    assert fused.defaults["fused"] and not create_adamw(loop_params, cfg, torch.device("cpu"), sharded=True).defaults[
+        "fused"]
+    loop = torch.optim.AdamW(loop_params, lr=0.01, betas=cfg.betas, weight_decay=0.1, foreach=False)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in start]
+        for params, opt in ((fused_params, fused), (loop_params, loop)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, s in zip(fused_params, loop_params, start, strict=True):
+        assert (a - s).abs().max() > 1e-2  # the parameters moved
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, caplog):

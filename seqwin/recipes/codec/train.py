@@ -40,6 +40,7 @@ from seqwin.recipes.codec.teacher_features import TeacherFeatures, teacher_batch
 from seqwin.training import StepContext, Trainer, to_yaml
 from seqwin.training.checks import check_batches_per_step
 from seqwin.training.distributed import create_gangs, pick_device
+from seqwin.training.trainer import create_adamw
 from seqwin.training.trainer_config import lr_factor
 
 log = logging.getLogger(__name__)
@@ -231,8 +232,7 @@ def train_codec(cfg: CodecRecipeConfig, out_dir: Path) -> dict[str, float]:
 
     device = pick_device(cfg.trainer.device)
     t = cfg.trainer
-    d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr or t.lr, betas=t.betas,
-                              weight_decay=t.weight_decay)
+    d_opt = create_adamw(disc.parameters(), t, device, lr=cfg.discriminator_lr or t.lr)
     d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, lambda s: lr_factor(s, t))
     step = GanStep(cfg, disc, d_opt, d_sched, teachers, device, window=t.log_every)
     dataset = SegmentDataset(train_utts, segment_samples=int(d.segment_seconds * m.sample_rate) // m.hop_length
