@@ -121,8 +121,8 @@ def test_fused_adamw_takes_the_per_tensor_loops_steps():
     fused_params = [nn.Parameter(p.clone()) for p in start]
     loop_params = [nn.Parameter(p.clone()) for p in start]
     fused = create_adamw(fused_params, cfg, torch.device("cpu"))
-    assert fused.defaults["fused"] and not create_adamw(loop_params, cfg, torch.device("cpu"), sharded=True).defaults[
-        "fused"]
+    sharded = create_adamw(loop_params, cfg, torch.device("cpu"), sharded=True)
+    assert fused.defaults["fused"] and not sharded.defaults["fused"]
     loop = torch.optim.AdamW(loop_params, lr=0.01, betas=cfg.betas, weight_decay=0.1, foreach=False)
     for _ in range(5):
         grads = [torch.randn_like(p) for p in start]
