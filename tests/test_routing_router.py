@@ -1,12 +1,15 @@
 """KMeansRouter: data initialization, EMA only in training mode and never through gradients, commitment loss,
-dead-centroid re-seeding, state_dict round trip, dtype handling, all-reduced updates across ranks."""
+dead-centroid re-seeding, no host round trip after initialization, state_dict round trip, dtype handling,
+all-reduced updates across ranks."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from host_sync import HostSyncGuard
 
 from seqwin.attention.routing import KMeansRouter
 
@@ -101,6 +104,99 @@ def test_dead_centroids_are_reseeded_with_worst_served_vectors():
     xn = F.normalize(x, dim=-1)[:, :, 1].reshape(-1, 8)
     assert torch.cdist(router.centroids[1, 2:3], xn).min() < 1e-5  # now sits on a data vector
     assert router.ema_count[1, 2] > 0 and out.ids[0].shape == (2, 3, 40)
+
+
+def test_several_dead_centroids_take_the_worst_served_vectors_in_order():
+    torch.manual_seed(0)
+    x = _data(b=1, n=6)
+    valid = torch.arange(6)[None, :] < 2  # two valid vectors per head, three dead centroids in head 0
+    router = KMeansRouter(3, 8, 4, decay=0.5)
+    router.eval()(x, valid=valid)
+    xn = F.normalize(x, dim=-1)[0, :, 0]  # (n, d) of head 0
+    with torch.no_grad():  # centroid 0 serves both vectors; 1-3 point away from them and win nothing
+        router.centroids[0, 0] = F.normalize(2 * xn[0] + xn[1], dim=0)  # serves vector 1 worse
+        router.centroids[0, 1:] = -router.centroids[0, 0]
+        router.ema_count[0, 1:] = 0.0
+        router.ema_sum[0, 1:] = 0.0
+    before = router.centroids.clone()
+    ids_before = router.eval()(x, valid=valid)
+    assert (ids_before.ids[0][0, 0, :2] == 0).all()
+    best = torch.einsum("nd,cd->nc", xn, before[0]).max(-1).values[:2]
+    order = best.argsort()  # worst served first
+    router.train()(x, valid=valid)
+    # Dead centroids 1 and 2 take the two valid vectors, worst first; centroid 3 has none left and keeps its EMA.
+    torch.testing.assert_close(router.centroids[0, 1], xn[order[0]])
+    torch.testing.assert_close(router.centroids[0, 2], xn[order[1]])
+    ema = F.normalize(router.ema_sum[0, 3], dim=-1)
+    torch.testing.assert_close(router.centroids[0, 3], ema)
+    assert router.ema_count[0, 3] < router.dead_fraction * router.ema_count[0].mean()
+
+
+def _reseed_by_loop(router, normed, best, valid_t):
+    """The re-seeding rule as the obvious per-head loop: the head's dead centroids, in order, take its valid
+    vectors in order of how badly the current centroids serve them (as many as there are)."""
+    h, d = router.num_heads, router.head_dim
+    mean = router.ema_count.mean(-1, keepdim=True)
+    dead = router.ema_count < router.dead_fraction * mean
+    x = torch.cat([t.transpose(0, 1).reshape(h, -1, d) for t in normed], dim=1)
+    sim = torch.cat([s.transpose(0, 1).reshape(h, -1) for s in best], dim=1)
+    ok = torch.cat([valid_t.expand(-1, h, -1).transpose(0, 1).reshape(h, -1)] * len(normed), dim=1)
+    sim = sim.masked_fill(~ok, float("inf"))
+    for head in range(h):
+        dead_ids = dead[head].nonzero().flatten()
+        m = min(dead_ids.numel(), int(ok[head].sum()))
+        worst = sim[head].topk(m, largest=False).indices
+        router.centroids[head, dead_ids[:m]] = x[head, worst]
+        router.ema_count[head, dead_ids[:m]] = mean[head]
+        router.ema_sum[head, dead_ids[:m]] = x[head, worst] * mean[head]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reseeding_matches_the_per_head_loop(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, n, h, d, c = 1 + seed % 3, 5 + seed, 3, 8, 6
+    inputs = 1 + seed % 2
+    router = KMeansRouter(h, d, c)
+    router.eval()(torch.randn(b, n, h, d, generator=g))
+    with torch.no_grad():
+        router.ema_count.mul_(torch.rand(h, c, generator=g) > 0.5)  # about half the centroids dead
+    normed = [F.normalize(torch.randn(b, h, n, d, generator=g), dim=-1) for _ in range(inputs)]
+    best = [torch.rand(b, h, n, generator=g) for _ in range(inputs)]
+    valid_t = (torch.arange(n)[None, :] < torch.randint(0, n + 1, (b,), generator=g)[:, None])[:, None]
+    want = KMeansRouter(h, d, c)
+    want.load_state_dict(router.state_dict())
+    with torch.no_grad():
+        router._reseed_dead(normed, best, valid_t)
+        _reseed_by_loop(want, normed, best, valid_t)
+    for key, value in want.state_dict().items():
+        assert torch.equal(router.state_dict()[key], value), key
+
+
+def test_no_host_round_trip_after_initialization():
+    torch.manual_seed(0)
+    x = _data().requires_grad_()
+    valid = torch.arange(40)[None, :] < torch.tensor([40, 25])[:, None]
+    router = KMeansRouter(3, 8, 4)
+    router.train()(x.detach(), valid=valid)  # initializes (a data-dependent pick, once)
+    with torch.no_grad():
+        router.ema_count[1, 2] = 0.0  # a dead centroid: re-seeding runs too
+    with HostSyncGuard():
+        out = router(x, x, valid=valid)
+        out.loss.backward()
+        router.eval()(x.detach(), valid=valid)
+        router.assign(x.detach())
+    assert router.ema_count[1, 2] > 0  # it was re-seeded inside the guard
+    with HostSyncGuard(), pytest.raises(AssertionError, match="host round trip"):
+        bool(router.ema_count.sum() > 0)  # the guard does see a sync
+
+
+def test_a_loaded_uninitialized_state_is_initialized_again():
+    router = KMeansRouter(3, 8, 4)
+    router.eval()(_data())
+    router.load_state_dict(KMeansRouter(3, 8, 4).state_dict())
+    assert not router.initialized
+    router.eval()(_data(seed=1))
+    assert router.initialized and torch.allclose(router.centroids.norm(dim=-1), torch.ones(3, 4))
 
 
 def test_state_dict_round_trip_and_fp32_buffers():

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from host_sync import HostSyncGuard
 from triton_interp import DEVICE, ON_GPU, rerun_in_interpreter, runs_here
 
 triton = pytest.importorskip("triton")
@@ -24,6 +25,7 @@ import seqwin.kernels.routing as _routing_module  # noqa: E402
 from seqwin.kernels._sw_launch import Geometry, _block_table  # noqa: E402
 from seqwin.kernels.sliding_window import triton_sliding_window_attention_varlen  # noqa: E402
 
+import seqwin.attention.routing.attention as _dispatch_module  # noqa: E402
 from seqwin.attention.routing import KMeansRouter, routing_attention, routing_attention_reference  # noqa: E402
 
 RUN_HERE = runs_here()
@@ -181,6 +183,21 @@ def test_rejects_bad_arguments(rt):
         rt.triton_routing_attention(q, k[:, :4], v[:, :4], ids, ids[..., :4], causal=True, num_clusters=2)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_no_host_round_trip(rt, monkeypatch, causal):
+    """``routing_attention`` on the Triton path, training router included, forward and backward: no op that
+    would make the host wait for a GPU value (``HostSyncGuard``), once the router is initialized."""
+    monkeypatch.setattr(_dispatch_module, "_triton_path", lambda q: True)
+    q, k, v = _inputs(2, 37, 37, 2, 1, 16, 16, torch.float32)
+    router = KMeansRouter(2, 16, 3).to(DEVICE).train()
+    kw = {"causal": causal, "seq_lens": [37, 20], **({"window": 5} if causal else {})}
+    routing_attention(q.detach(), k.detach(), v.detach(), router, **kw)  # initializes the centroids
+    with HostSyncGuard():
+        out, aux = routing_attention(q, k, v, router, **kw)
+        (out.sum() + aux["loss"]).backward()
+    assert float(aux["dropped_fraction"]) == 0.0 and q.grad is not None and torch.isfinite(q.grad).all()
+
+
 def test_kernels_compile_for_h100(rt):
     """The packed-grid kernels that routing launches compile for sm_90 (frontend, lowering, ptxas) without a GPU;
     a fresh process because the kernels here are interpreted."""
@@ -220,3 +237,52 @@ def test_gpu_grid(rt, d, dtype, causal, kw):
 def test_gpu_fp32_many_clusters():
     """fp32 and more (batch, head, cluster) segments than a CUDA grid axis could hold (65535)."""
     _check(_routing_module, 4, 2048, 16, 16, 64, 1100, causal=True, window=64)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_no_sync_and_cuda_graph(causal):
+    """On the GPU: a training call (router EMA and re-seeding included) runs under
+    ``torch.cuda.set_sync_debug_mode("error")``, and a captured training step (forward, gradients, the router's
+    update) replayed from one router state gives what an eager step from that state gives."""
+    b, n, h, hk, d, c = 2, 1000, 8, 2, 64, 16
+    q, k, v = _inputs(b, n, n, h, hk, d, d, torch.bfloat16)
+    lens = torch.tensor([1000, 517], device=DEVICE)
+    kw = {"causal": causal, "seq_lens": lens, **({"window": 128} if causal else {})}
+    router = KMeansRouter(h, d, c).to(DEVICE).train()
+    routing_attention(q, k, v, router, **kw)[0].sum().backward()  # initialize, compile
+    with torch.no_grad():
+        router.ema_count[0, :2] = 0.0  # two dead centroids: re-seeding has work to do
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, aux = routing_attention(q, k, v, router, **kw)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    grad = torch.randn_like(out)
+
+    def step():
+        out, aux = routing_attention(q, k, v, router, **kw)
+        return (out, aux["loss"], *torch.autograd.grad(out, (q, k, v), grad))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm up on a side stream, as graph capture asks
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    start = {key: val.clone() for key, val in router.state_dict().items()}
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = [x.clone() for x in captured]
+    after_replay = {key: val.clone() for key, val in router.state_dict().items()}
+    for key, val in start.items():  # back to the same state, then one eager step
+        router.state_dict()[key].copy_(val)
+    eager = step()
+    for name, got, want in zip(("out", "loss", "dq", "dk", "dv"), replayed, eager, strict=True):
+        torch.testing.assert_close(got, want, msg=name)
+    for key, val in router.state_dict().items():
+        torch.testing.assert_close(after_replay[key], val, msg=key)

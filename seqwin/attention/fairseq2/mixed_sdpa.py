@@ -111,9 +111,11 @@ class MixedSDPA(SDPA):
                     raise NotSupportedError("decoding shared_qk routing heads needs `decoding_session` and a "
                                             "bounded routing_window (fairseq2's cache holds no past queries)")
                 kr, vr = self.routing_kv(q[:, :, qh], k[:, :, kh], v[:, :, kh])
+                # The lengths as the layout's device tensor: routing then never waits for the GPU.
+                lens_pt = q_layout.seq_lens_pt if q_layout.padded and not decoding else None
                 out, aux = routing_attention(
                     q[:, :, qh], kr, vr, self.router, causal=self.spec.causal,
-                    seq_lens=None if decoding else seq_lens, shared_qk=self.spec.shared_qk,
+                    seq_lens=lens_pt, shared_qk=self.spec.shared_qk,
                     window=self.spec.routing_window, group_size=self.spec.group_size,
                 )
                 self.aux_loss = aux["loss"] if self.training else None

@@ -51,13 +51,28 @@ __all__ = ["KMeansRouter", "RouterOutput", "routing_attention", "routing_attenti
 
 
 def _valid(seq_lens: Tensor | Sequence[int] | None, b: int, n: int, device: torch.device) -> Tensor:
-    """(b, n) bool validity of positions."""
+    """(b, n) bool validity of positions. Lengths on a GPU are checked on the GPU (an asynchronous assert), so
+    that a call never waits for the device."""
     if seq_lens is None:
         return torch.ones(b, n, dtype=torch.bool, device=device)
-    lens = torch.as_tensor(seq_lens, dtype=torch.long, device=device)
-    if lens.shape != (b,) or bool((lens < 0).any()) or bool((lens > n).any()):
+    if isinstance(seq_lens, Tensor):
+        lens = seq_lens.to(device=device, dtype=torch.long)
+        in_range = ((lens >= 0) & (lens <= n)).all()
+        if lens.shape == (b,) and seq_lens.device.type != "cpu":  # host lengths are checked on the host
+            torch._assert_async(in_range, f"seq_lens must hold lengths in [0, {n}]")
+            return torch.arange(n, device=device)[None, :] < lens[:, None]
+        ok = lens.shape == (b,) and bool(in_range)
+    else:
+        lens = torch.as_tensor(seq_lens, dtype=torch.long, device=device)
+        ok = len(seq_lens) == b and all(0 <= int(x) <= n for x in seq_lens)
+    if not ok:
         raise ValueError(f"seq_lens must hold {b} lengths in [0, {n}], got {lens.tolist()}")
     return torch.arange(n, device=device)[None, :] < lens[:, None]
+
+
+def _triton_path(q: Tensor) -> bool:
+    """Whether ``routing_attention`` runs the fused Triton kernels (CUDA tensors and Triton installed)."""
+    return q.is_cuda and triton_available()
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, router: KMeansRouter) -> None:
@@ -105,9 +120,13 @@ def routing_attention(
     ``router`` has one centroid set per query head (k/v may have fewer heads: grouped-query). ``window``
     bounds the causal look-back within a cluster; ``group_size`` is the non-causal group length. Returns
     ``(out, aux)`` with ``aux["loss"]`` (commitment loss to add to the training loss),
-    ``aux["dropped_fraction"]`` (valid queries that saw no key: always 0), ``aux["q_ids"]``/``aux["k_ids"]``
-    (cluster ids, padding = ``num_clusters``) and the resolved ``group_size``/``window`` — what
-    :func:`routing_attention_reference` needs.
+    ``aux["dropped_fraction"]`` (valid queries that saw no key: always 0; a 0-dim tensor, so that nothing waits
+    for the device until it is read), ``aux["q_ids"]``/``aux["k_ids"]`` (cluster ids, padding =
+    ``num_clusters``) and the resolved ``group_size``/``window`` — what :func:`routing_attention_reference`
+    needs.
+
+    On CUDA (the Triton path) the call never syncs with the host once the router is initialized, and forward
+    and backward can be captured in a CUDA graph; pass ``seq_lens`` as a device tensor for that.
     """
     _check(q, k, v, router)
     b, nq, h, d = q.shape
@@ -137,12 +156,12 @@ def routing_attention(
         q_ids, k_ids = routed.ids[0], routed.ids[-1]
         group = group_size or default_group_size(nk, c)
 
-    if q.is_cuda and triton_available():  # fused Triton path: permute by cluster, block-diagonal varlen kernels
+    if _triton_path(q):  # fused Triton path: permute by cluster, block-diagonal varlen kernels
         from seqwin.kernels.routing import triton_routing_attention  # noqa: PLC0415 - Triton only on GPU
 
         out = triton_routing_attention(q, k, v, q_ids, k_ids, causal=causal, num_clusters=c, window=window,
                                        group_size=group, scale=scale)
-        dropped = torch.zeros((), dtype=torch.long)  # every valid query sees itself / its group's keys
+        dropped = torch.zeros((), dtype=torch.long, device=q.device)  # every valid query sees a key
     elif nq != nk:  # decoding: a few queries against the cache, masked dense rows
         mask = routing_mask(q_ids, k_ids, causal=True, num_clusters=c, window=window)
         out = masked_attention_reference(q, k, v, mask, scale=scale)
@@ -160,7 +179,7 @@ def routing_attention(
     q_valid = valid[:, nk - nq :].sum() * h
     aux = {
         "loss": routed.loss,
-        "dropped_fraction": float(dropped) / max(1, int(q_valid)),
+        "dropped_fraction": dropped / q_valid.clamp_min(1),
         "q_ids": q_ids,
         "k_ids": k_ids,
         "group_size": group,

@@ -8,6 +8,11 @@ whose EMA count decays below ``dead_fraction`` of the mean count is re-seeded wi
 the batch. The commitment loss ``commitment * mean ||x_hat - c(x)||^2`` pulls vectors toward their centroids;
 it is returned for the training loop to add (the centroids are buffers, so it only moves the projections).
 
+After the first call (which initializes the centroids from data) a forward never reads a device value on the
+host: routing, the EMA update and the re-seeding are fixed-shape tensor code, so the GPU never waits for the
+CPU and the call can be captured in a CUDA graph. Only under ``torch.distributed`` does re-seeding ask the
+host whether any centroid died (then rank 0's choice is broadcast).
+
 Under ``torch.distributed`` the per-step sums and counts are all-reduced before the EMA, and data-dependent
 choices (initialization, re-seeding) are broadcast from rank 0, so every rank keeps identical centroids.
 """
@@ -69,6 +74,16 @@ class KMeansRouter(nn.Module):
         self.register_buffer("ema_sum", torch.zeros(h, c, d, device=device))
         self.register_buffer("ema_count", torch.zeros(h, c, device=device))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
+        self._ready = False  # host copy of `initialized` once True: reading the buffer every call would sync
+
+    def _is_initialized(self) -> bool:
+        if not self._ready:
+            self._ready = bool(self.initialized)
+        return self._ready
+
+    def _load_from_state_dict(self, *args, **kwargs):  # a loaded state may be uninitialized: ask the buffer again
+        self._ready = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):  # keep the EMA state fp32 under model.to(bfloat16)
         super()._apply(fn, recurse)
@@ -87,7 +102,7 @@ class KMeansRouter(nn.Module):
     @torch.no_grad()
     def assign(self, x: Tensor) -> Tensor:
         """Cluster ids ``(batch, heads, seq)`` of ``x`` ``(batch, seq, heads, head_dim)``; no state change."""
-        if not bool(self.initialized):
+        if not self._is_initialized():
             raise RuntimeError("KMeansRouter is not initialized: run a forward on data first")
         return torch.einsum("bnhd,hcd->bhnc", F.normalize(x.float(), dim=-1), self.centroids).argmax(-1)
 
@@ -102,7 +117,7 @@ class KMeansRouter(nn.Module):
             valid = torch.ones(b, n, dtype=torch.bool, device=xs[0].device)
         valid_t = valid[:, None, :]  # (b, 1, n): padding is never routed and never counted
         normed = [F.normalize(x.float(), dim=-1).transpose(1, 2) for x in xs]  # (b, h, n, d)
-        if not bool(self.initialized):
+        if not self._is_initialized():
             self._initialize(normed, valid_t)
 
         ids, loss, best = [], normed[0].new_zeros(()), []
@@ -140,6 +155,7 @@ class KMeansRouter(nn.Module):
         self.ema_count.copy_(share.expand(h, c))
         self.ema_sum.copy_(self.centroids * share[..., None])
         self.initialized.fill_(True)
+        self._ready = True
         self._broadcast()
 
     @torch.no_grad()
@@ -161,27 +177,37 @@ class KMeansRouter(nn.Module):
 
     @torch.no_grad()
     def _reseed_dead(self, normed: list[Tensor], best: list[Tensor], valid_t: Tensor) -> None:
-        mean = self.ema_count.mean(-1, keepdim=True)
+        """Move each dead centroid onto one of the vectors its head serves worst (the i-th dead centroid of a head
+        onto the head's i-th worst valid vector), in fixed-shape tensor code: no host sync, whether or not any
+        centroid is dead."""
+        mean = self.ema_count.mean(-1, keepdim=True)  # (h, 1)
         dead = self.ema_count < self.dead_fraction * mean  # identical on all ranks: counts are all-reduced
-        if not bool(dead.any()):
-            return
-        h, d = self.num_heads, self.head_dim
-        x = torch.cat([t.transpose(0, 1).reshape(h, -1, d) for t in normed], dim=1)
-        sim = torch.cat([s.transpose(0, 1).reshape(h, -1) for s in best], dim=1)
-        ok = torch.cat([valid_t.expand(-1, h, -1).transpose(0, 1).reshape(h, -1)] * len(normed), dim=1)
-        sim = sim.masked_fill(~ok, float("inf"))
-        for head in dead.any(-1).nonzero().flatten().tolist():
-            dead_ids = dead[head].nonzero().flatten()
-            m = min(dead_ids.numel(), int(ok[head].sum()))
-            if m == 0:
-                continue
-            # The vectors worst served by the current centroids are where a new centroid helps most.
-            worst = sim[head].topk(m, largest=False).indices
-            dead_ids = dead_ids[:m]
-            self.centroids[head, dead_ids] = x[head, worst]
-            self.ema_count[head, dead_ids] = mean[head]
-            self.ema_sum[head, dead_ids] = x[head, worst] * mean[head]
-        self._broadcast()
+        if normed[0].numel():
+            self._move_dead(dead, mean, normed, best, valid_t)
+        # Every rank takes this branch together (dead is the same everywhere); rank 0's new centroids win.
+        if _distributed() and bool(dead.any()):
+            self._broadcast()
+
+    def _move_dead(self, dead: Tensor, mean: Tensor, normed: list[Tensor], best: list[Tensor], valid_t: Tensor) -> None:
+        b, h, n, d = normed[0].shape
+        c, per_input = self.num_clusters, b * n
+        k = min(c, per_input * len(normed))
+        ok = valid_t.expand(b, h, n)
+        # Cosine to the nearest centroid of every vector of every input, (h, inputs * b * n); padding never wins.
+        sim = torch.cat([s.masked_fill(~ok, float("inf")).transpose(0, 1).reshape(h, per_input) for s in best], 1)
+        worst = sim.topk(k, dim=1, largest=False).indices  # (h, k): the worst-served vectors first
+        rank = dead.long().cumsum(1) - 1  # (h, c): which of its head's dead centroids this one is
+        num_ok = ok.sum((0, 2)) * len(normed)  # valid vectors per head
+        take = dead & (rank < k) & (rank < num_ok[:, None])
+        flat = worst.gather(1, rank.clamp(0, k - 1))  # (h, c) index into the inputs laid end to end
+        which, at = flat // per_input, flat % per_input
+        heads = torch.arange(h, device=flat.device)[:, None].expand(h, c)
+        new = self.centroids.new_zeros(h, c, d)
+        for i, x in enumerate(normed):
+            new = torch.where((which == i)[..., None], x[at // n, heads, at % n], new)
+        self.centroids.copy_(torch.where(take[..., None], new, self.centroids))
+        self.ema_sum.copy_(torch.where(take[..., None], new * mean[..., None], self.ema_sum))
+        self.ema_count.copy_(torch.where(take, mean.expand(h, c), self.ema_count))
 
     def _broadcast(self) -> None:
         if _distributed():
