@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import seqwin.attention.sliding_window.attention as dispatcher
 import seqwin.attention.sliding_window.cpu_band as cpu_band
 from seqwin.attention import sliding_window_attention
 from seqwin.attention.reference import sliding_window_attention_reference, sliding_window_mask
@@ -55,6 +56,14 @@ def _compare(q, k, v, backend, **kw):
         assert err <= tol * (1 + scale), f"{name}: max error {err:.2e} (ref scale {scale:.2e})"
 
 
+def _compare_forward(q, k, v, backend, **kw):
+    out = sliding_window_attention(q, k, v, backend=backend, **kw)
+    ref = sliding_window_attention_reference(q, k, v, **{key: torch.tensor(val) if key.endswith("seq_lens") else val
+                                                         for key, val in kw.items()})
+    err = (out.float() - ref.float()).abs().max().item()
+    assert out.dtype == q.dtype and err <= TOL[q.dtype] * (1 + ref.float().abs().max().item()), err
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n", LENGTHS)
@@ -72,15 +81,20 @@ def test_gqa_sinks_dilation(window, backend, use):
     _compare(q, k, v, use(backend), window=window, seq_lens=[301, 77, 0], num_sinks=3, dilation=2)
 
 
-@pytest.mark.parametrize("half_in_fp32", [False, True], ids=["bf16-kernel", "fp32-kernel"])
+@pytest.mark.parametrize(("half_in_fp32", "for_grad"), [(False, False), (False, True), (True, True)],
+                         ids=["bf16-kernel", "bf16-forward-fp32-grad", "fp32-kernel"])
 @pytest.mark.parametrize("path", list(CPU_PATHS))
 @pytest.mark.parametrize("window", [(3, 5), (64, 0), (-1, 0)], ids=str)
-def test_bf16_in_either_kernel_precision(window, path, half_in_fp32, use, monkeypatch):
-    """bf16 inputs run the fused kernel in bf16 (CPUs with AMX) or in float32 (the others, where that is faster):
-    each CPU picks one, and both must match the reference on whichever CPU runs the tests."""
+def test_bf16_in_either_kernel_precision(window, path, half_in_fp32, for_grad, use, monkeypatch):
+    """bf16 inputs run the fused kernel in bf16 (forward-only calls on CPUs with AMX) or in float32 (training
+    everywhere, and CPUs without AMX): the CPU and the call pick one, and each must match the reference, forward
+    and gradients, on whichever CPU runs the tests."""
     monkeypatch.setattr(cpu_band, "_HALF_IN_FP32", half_in_fp32)
+    monkeypatch.setattr(cpu_band, "_HALF_IN_FP32_FOR_GRAD", for_grad)
     q, k, v = _inputs(2, 129, 129, 4, 2, 16, torch.bfloat16, seed=5)
     _compare(q, k, v, use(path), window=window, seq_lens=[129, 50], num_sinks=1)
+    with torch.no_grad():  # a forward-only call: the bf16 kernel itself where half_in_fp32 is off
+        _compare_forward(q, k, v, use(path), window=window, seq_lens=[129, 50], num_sinks=1)
 
 
 @pytest.mark.parametrize("window", [(64, 0), (20, 9)], ids=str)
@@ -108,6 +122,58 @@ def test_per_head_windows(backend, use):
     q, k, v = _inputs(2, 150, 150, 4, 2, 16, torch.float32, seed=3)
     windows = [(4, 0), (16, 16), (4, 0), (-1, 0)]
     _compare(q, k, v, use(backend), window=windows, seq_lens=[150, 99])
+
+
+# (nq, nk, window, num_sinks, kv heads, v dim): every query sees every key, so "auto" runs PyTorch's fused SDPA.
+WHOLE_ROWS = [
+    (1, 9, (8, 0), 0, 4, 16),  # a decoding step against a ring of 8 keys
+    (1, 12, (8, 0), 3, 2, 16),  # ... after 3 sinks, grouped-query
+    (5, 9, (8, 4), 0, 4, 16),  # a chunk of 5 queries
+    (37, 37, (-1, -1), 0, 1, 16),  # full attention, one key/value head
+    (9, 4, (3, 8), 0, 4, 16),  # more queries than keys: the first ones reach forward to the last key
+]
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    calls = []
+    real = dispatcher._dense
+    monkeypatch.setattr(dispatcher, "_dense", lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", WHOLE_ROWS, ids=str)
+def test_rows_that_see_every_key_take_fused_sdpa(case, dtype, dense_calls):
+    nq, nk, window, sinks, hk, dv = case
+    q, k, _ = _inputs(2, nq, nk, 4, hk, 16, dtype, seed=4)
+    v = torch.randn(2, nk, hk, dv, generator=torch.Generator().manual_seed(5)).to(dtype).requires_grad_()
+    _compare(q, k, v, "auto", window=window, num_sinks=sinks)
+    assert dense_calls == [1]
+
+
+@pytest.mark.parametrize("kw", [
+    {"window": (7, 0)},  # one key short: the first key falls out of the window
+    {"window": (8, 0), "k_seq_lens": [9, 6]},  # padded keys
+    {"window": (8, 0), "dilation": 2},
+    {"window": (5, 0), "num_sinks": 2},  # the sinks and the window leave key 2 out
+], ids=["short-window", "padding", "dilation", "sinks-short"])
+def test_rows_that_miss_a_key_keep_the_window(kw, dense_calls):
+    q, k, v = _inputs(2, 1, 9, 4, 4, 16, torch.float32, seed=6)
+    _compare(q, k, v, "auto", **kw)
+    assert dense_calls == []
+
+
+def test_dense_path_only_where_its_fused_kernels_apply(dense_calls):
+    """A chunk one key short on the right keeps the window; so does a v of another head dim (SDPA would build
+    the N x N scores); per-head windows take the dense path for the heads that see every key only."""
+    q, k, v = _inputs(2, 5, 9, 4, 4, 16, torch.float32, seed=7)
+    _compare(q, k, v, "auto", window=(8, 3))
+    v24 = torch.randn(2, 9, 4, 24, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    _compare(q, k, v24, "auto", window=(-1, -1))
+    assert dense_calls == []
+    _compare(q, k, v, "auto", window=[(8, 4), (2, 0), (8, 4), (-1, -1)])
+    assert dense_calls == [1, 1]  # (8, 4) and (-1, -1); (2, 0) keeps the window
 
 
 def test_different_value_dim():

@@ -4,8 +4,8 @@ One case is one batch of about ``--tokens`` frames: ``B = tokens // N`` rows of 
 over [3N/4, N]), a symmetric window ``+-window``, forward and backward, in fp32 or bf16. Methods, side by side:
 
 - ``seqwin``: ``sliding_window_attention`` as the models call it; rows shorter than two key spans are attended
-  whole under one mask (``cpu_rows.MaskedRows``), longer ones banded; bf16 runs the kernel in float32 on CPUs
-  without AMX (``cpu_band._HALF_IN_FP32``);
+  whole under one mask (``cpu_rows.MaskedRows``), longer ones banded; bf16 runs the kernel in float32 where a
+  gradient is wanted, and on CPUs without AMX always (``cpu_band._attend_in_fp32``);
 - ``seqwin_band``: the same with the banded path forced at every length;
 - ``seqwin_bf16_kernel`` (bf16 cases): the same with the kernel forced to run in bf16;
 - ``dense_sdpa``: torch's ``scaled_dot_product_attention`` under the same boolean ``(B, 1, N, N)`` mask, built in
@@ -47,7 +47,7 @@ def _run_case(case: dict) -> dict:
     if method == "seqwin_band":
         cpu_band._MASKED_ROWS_SPANS = 0
     if method == "seqwin_bf16_kernel":
-        cpu_band._HALF_IN_FP32 = False
+        cpu_band._HALF_IN_FP32 = cpu_band._HALF_IN_FP32_FOR_GRAD = False
     if method == "dense_sdpa":
         def attend(q, k, v):  # every batch has its own lengths, so its mask is part of the call
             mask = sliding_window_mask(b, n, n, (w, w), seq_lens=torch.tensor(lens))

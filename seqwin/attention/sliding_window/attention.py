@@ -90,6 +90,9 @@ def sliding_window_attention(
         return _per_head(q, k, v, windows, q_lens, k_lens, num_sinks, dilation, scale, dropout_p, backend)
     window = windows[0]
 
+    if (backend == "auto" and dropout_p == 0 and v.shape[-1] == q.shape[-1]
+            and _sees_every_key(window, nq, nk, q_lens, k_lens, num_sinks, dilation)):
+        return _dense(q, k, v, scale)
     if backend == "auto":
         backend = "blocked" if dropout_p > 0 else _pick_backend(q)
     if dropout_p > 0 and backend != "blocked":
@@ -121,6 +124,32 @@ def sliding_window_attention(
 
     return blocked_attention(q, k, v, window, q_lens=q_lens, k_lens=k_lens, num_sinks=num_sinks,
                              dilation=dilation, scale=scale, dropout_p=dropout_p)
+
+
+def _sees_every_key(window: Window, nq: int, nk: int, q_lens: list[int], k_lens: list[int], num_sinks: int,
+                    dilation: int) -> bool:
+    """Whether every query sees every key: no padding, no dilation, and a window that spans the whole row.
+
+    With bottom-right alignment query ``i`` sits at key position ``i + nk - nq``; the last one must reach back to
+    the first key that is not a sink (``left >= nk - 1 - sinks``), the first one forward to the last key
+    (``right >= nq - 1``). A decoding step against a ring-buffer cache (one query, its window's keys) is the
+    everyday case."""
+    left, right = window
+    if nq == 0 or nk == 0 or dilation != 1 or any(n != nq for n in q_lens) or any(n != nk for n in k_lens):
+        return False
+    return (left < 0 or left >= nk - 1 - min(num_sinks, nk)) and (right < 0 or right >= nq - 1)
+
+
+def _dense(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
+    """Unmasked attention by PyTorch's fused SDPA, ``(batch, seq, heads, dim)``. One head dim and key/value heads
+    repeated to the query heads: the cases its fused kernels (FlashAttention, memory-efficient, CPU flash) take
+    on every device and dtype, so no N x N score matrix is built."""
+    if k.shape[2] != q.shape[2]:
+        group = q.shape[2] // k.shape[2]
+        k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           scale=scale)
+    return out.transpose(1, 2)
 
 
 def _pad_head_dims(q: Tensor, k: Tensor, v: Tensor, fn) -> Tensor:

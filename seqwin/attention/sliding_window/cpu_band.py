@@ -40,6 +40,20 @@ _MASKED_ROWS_SPANS = 2
 # 48-640 keys (tools/bench_short_rows.py). There, half-precision inputs are attended in float32 and the output
 # cast back, which is also the more accurate result.
 _HALF_IN_FP32 = not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+# With AMX the bf16 forward is the faster one (1.3-2.3x), but not forward+backward: on a 2-core Sapphire Rapids
+# (window +-32, 2 threads, tools/bench_short_rows.py's shapes) it took 7.3 / 20.4 / 17.4 / 19.8 ms in bf16 against
+# 4.3 / 16.8 / 13.1 / 19.0 ms in float32 for batches of rows of 108 / 300 / 700 / 2000 keys. So where a gradient is
+# wanted, half-precision inputs are attended in float32 on every CPU.
+_HALF_IN_FP32_FOR_GRAD = True
+
+
+def _attend_in_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    if q.dtype == torch.float32:
+        return False
+    if _HALF_IN_FP32:
+        return True
+    wants_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return _HALF_IN_FP32_FOR_GRAD and wants_grad
 
 
 def _chunks(x: Tensor, plan: BandPlan) -> Tensor:
@@ -235,7 +249,7 @@ def cpu_band_attention(
 ) -> Tensor:
     """Sliding-window attention on CPU tensors; arguments already validated by the public API. Rows that the
     window covers, or that are short next to the band's key span, take a whole-row path (``cpu_rows``)."""
-    if _HALF_IN_FP32 and q.dtype != torch.float32:
+    if _attend_in_fp32(q, k, v):
         out = cpu_band_attention(q.float(), k.float(), v.float(), window, q_lens=q_lens, k_lens=k_lens,
                                  num_sinks=num_sinks, dilation=dilation, scale=scale, chunk=chunk)
         return out.to(q.dtype)

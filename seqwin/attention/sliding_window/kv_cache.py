@@ -33,10 +33,12 @@ class SlidingWindowKVCache:
         self._ring_len = 0
         self._start = 0
 
-    def _ordered_ring(self) -> tuple[Tensor, Tensor]:
-        assert self._ring_k is not None and self._ring_v is not None
-        idx = (torch.arange(self._ring_len, device=self._ring_k.device) + self._start) % self.window_left
-        return self._ring_k.index_select(1, idx), self._ring_v.index_select(1, idx)
+    def _ring_pieces(self, ring: Tensor) -> list[Tensor]:
+        """The ring's entries oldest first, as one or two slices (views: no copy before the caller's one cat)."""
+        start, end = self._start, self._start + self._ring_len
+        if end <= self.window_left:
+            return [ring[:, start:end]]
+        return [ring[:, start:], ring[:, : end - self.window_left]]
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append the step's keys/values; return ``[sinks, last window_left keys, new keys]``."""
@@ -54,9 +56,8 @@ class SlidingWindowKVCache:
             parts_k.append(self._sink_k)
             parts_v.append(self._sink_v)
         if self._ring_len:
-            rk, rv = self._ordered_ring()
-            parts_k.append(rk)
-            parts_v.append(rv)
+            parts_k += self._ring_pieces(self._ring_k)
+            parts_v += self._ring_pieces(self._ring_v)
         parts_k.append(new_k)
         parts_v.append(new_v)
         all_k, all_v = torch.cat(parts_k, 1), torch.cat(parts_v, 1)
@@ -76,9 +77,11 @@ class SlidingWindowKVCache:
         k, v = k[:, -w:], v[:, -w:]
         n = k.shape[1]
         end = (self._start + self._ring_len) % w  # next free slot
-        idx = (torch.arange(n, device=k.device) + end) % w
-        self._ring_k.index_copy_(1, idx, k)
-        self._ring_v.index_copy_(1, idx, v)
+        first = min(n, w - end)  # up to the end of the buffer, the rest wraps to its start
+        for ring, x in ((self._ring_k, k), (self._ring_v, v)):
+            ring[:, end : end + first] = x[:, :first]
+            if n > first:
+                ring[:, : n - first] = x[:, first:]
         overflow = max(0, self._ring_len + n - w)
         self._start = (self._start + overflow) % w
         self._ring_len = min(w, self._ring_len + n)
