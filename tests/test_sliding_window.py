@@ -164,6 +164,25 @@ def test_rows_that_miss_a_key_keep_the_window(kw, dense_calls):
     assert dense_calls == []
 
 
+@pytest.mark.parametrize(("half_in_fp32", "for_grad", "grad", "want"), [
+    (False, True, True, torch.float32),  # AMX, training: float32, as the band path
+    (False, True, False, torch.bfloat16),  # AMX, forward only: the bf16 kernel
+    (True, True, False, torch.float32),  # no AMX: always float32
+    (False, False, True, torch.bfloat16),
+])
+def test_dense_path_follows_the_cpu_precision_rule(half_in_fp32, for_grad, grad, want, monkeypatch):
+    monkeypatch.setattr(cpu_band, "_HALF_IN_FP32", half_in_fp32)
+    monkeypatch.setattr(cpu_band, "_HALF_IN_FP32_FOR_GRAD", for_grad)
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *args, **kw: seen.append(q.dtype) or sdpa(q, *args, **kw))
+    q, k, v = _inputs(2, 1, 9, 4, 4, 16, torch.bfloat16, seed=9)
+    with torch.set_grad_enabled(grad):
+        out = sliding_window_attention(q, k, v, window=(8, 0))
+    assert seen == [want] and out.dtype == torch.bfloat16
+
+
 def test_dense_path_only_where_its_fused_kernels_apply(dense_calls):
     """A chunk one key short on the right keeps the window; so does a v of another head dim (SDPA would build
     the N x N scores); per-head windows take the dense path for the heads that see every key only."""

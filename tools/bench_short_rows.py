@@ -5,7 +5,7 @@ over [3N/4, N]), a symmetric window ``+-window``, forward and backward, in fp32 
 
 - ``seqwin``: ``sliding_window_attention`` as the models call it; rows shorter than two key spans are attended
   whole under one mask (``cpu_rows.MaskedRows``), longer ones banded; bf16 runs the kernel in float32 where a
-  gradient is wanted, and on CPUs without AMX always (``cpu_band._attend_in_fp32``);
+  gradient is wanted, and on CPUs without AMX always (``cpu_band.attend_in_fp32``);
 - ``seqwin_band``: the same with the banded path forced at every length;
 - ``seqwin_bf16_kernel`` (bf16 cases): the same with the kernel forced to run in bf16;
 - ``dense_sdpa``: torch's ``scaled_dot_product_attention`` under the same boolean ``(B, 1, N, N)`` mask, built in

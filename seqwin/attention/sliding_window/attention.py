@@ -143,13 +143,20 @@ def _sees_every_key(window: Window, nq: int, nk: int, q_lens: list[int], k_lens:
 def _dense(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:
     """Unmasked attention by PyTorch's fused SDPA, ``(batch, seq, heads, dim)``. One head dim and key/value heads
     repeated to the query heads: the cases its fused kernels (FlashAttention, memory-efficient, CPU flash) take
-    on every device and dtype, so no N x N score matrix is built."""
+    on every device and dtype, so no N x N score matrix is built. On CPUs half precision follows the band path's
+    rule (``cpu_band.attend_in_fp32``)."""
+    dtype = q.dtype
+    if q.device.type == "cpu":
+        from seqwin.attention.sliding_window.cpu_band import attend_in_fp32  # noqa: PLC0415
+
+        if attend_in_fp32(q, k, v):
+            q, k, v = q.float(), k.float(), v.float()
     if k.shape[2] != q.shape[2]:
         group = q.shape[2] // k.shape[2]
         k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
     out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                            scale=scale)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).to(dtype)
 
 
 def _pad_head_dims(q: Tensor, k: Tensor, v: Tensor, fn) -> Tensor:

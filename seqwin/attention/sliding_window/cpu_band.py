@@ -47,7 +47,8 @@ _HALF_IN_FP32 = not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)(
 _HALF_IN_FP32_FOR_GRAD = True
 
 
-def _attend_in_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
+def attend_in_fp32(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether half-precision inputs are attended in float32 here (the CPU band, whole-row and dense paths)."""
     if q.dtype == torch.float32:
         return False
     if _HALF_IN_FP32:
@@ -249,7 +250,7 @@ def cpu_band_attention(
 ) -> Tensor:
     """Sliding-window attention on CPU tensors; arguments already validated by the public API. Rows that the
     window covers, or that are short next to the band's key span, take a whole-row path (``cpu_rows``)."""
-    if _attend_in_fp32(q, k, v):
+    if attend_in_fp32(q, k, v):
         out = cpu_band_attention(q.float(), k.float(), v.float(), window, q_lens=q_lens, k_lens=k_lens,
                                  num_sinks=num_sinks, dilation=dilation, scale=scale, chunk=chunk)
         return out.to(q.dtype)
