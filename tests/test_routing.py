@@ -159,3 +159,11 @@ def test_rejects_bad_arguments():
         routing_attention(q[:, :5], k, v, router)  # non-causal needs q_len == k_len
     with pytest.raises(ValueError):
         routing_attention(q, k, v, router, causal=True, window=0)
+
+
+@pytest.mark.parametrize("lens", [[8, -1], [8, 9], [8], torch.tensor([8, 9]), torch.tensor([[8, 8]])], ids=str)
+def test_bad_seq_lens_name_the_field(lens):
+    q, k, v = _inputs(2, 8, 2, 2, 8)
+    router = _router(2, 8, 3, q)
+    with pytest.raises(ValueError, match=r"seq_lens must hold 2 lengths in \[0, 8\]"):
+        routing_attention(q, k, v, router, seq_lens=lens)

@@ -71,16 +71,16 @@ def _make_step(case: dict):
     cache_k = torch.empty(b, total, h, d, device=device, dtype=dtype)
     cache_v = torch.empty_like(cache_k)
     cache_k[:, :n], cache_v[:, :n] = rand(n), rand(n)
-    filled = [n]
-    first = 0 if case["method"] == "full_cache" else None
+    windowed = case["method"] == "full_cache_window"
+    at = n  # the next free row
 
     def step(q, k, v):
-        at = filled[0]
+        nonlocal at
         cache_k[:, at], cache_v[:, at] = k[:, 0], v[:, 0]
-        filled[0] = at + 1
-        lo = first if first is not None else max(0, at - w)
-        return F.scaled_dot_product_attention(q.transpose(1, 2), cache_k[:, lo : at + 1].transpose(1, 2),
-                                              cache_v[:, lo : at + 1].transpose(1, 2)).transpose(1, 2)
+        lo = max(0, at - w) if windowed else 0
+        at += 1
+        return F.scaled_dot_product_attention(q.transpose(1, 2), cache_k[:, lo:at].transpose(1, 2),
+                                              cache_v[:, lo:at].transpose(1, 2)).transpose(1, 2)
 
     return step, lambda: 2 * cache_k.numel() * cache_k.element_size()
 

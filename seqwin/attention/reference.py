@@ -34,6 +34,14 @@ def check_window(window: Window) -> Window:
     return left, right
 
 
+def window_covers(window: Window, q_len: int, k_len: int, num_sinks: int = 0) -> bool:
+    """Whether every query's window holds every key, bottom-right aligned and before any padding: query ``i``
+    sits at key position ``i + k_len - q_len``, so the last query must reach back to the first key that is not a
+    sink (``left >= k_len - 1 - num_sinks``) and the first forward to the last key (``right >= q_len - 1``)."""
+    left, right = check_window(window)
+    return (left < 0 or left >= k_len - 1 - min(num_sinks, k_len)) and (right < 0 or right >= q_len - 1)
+
+
 def window_mask(
     q_pos: Tensor, k_pos: Tensor, window: Window, *, num_sinks: int = 0, dilation: int = 1
 ) -> Tensor:

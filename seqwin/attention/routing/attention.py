@@ -52,22 +52,15 @@ __all__ = ["KMeansRouter", "RouterOutput", "routing_attention", "routing_attenti
 
 def _valid(seq_lens: Tensor | Sequence[int] | None, b: int, n: int, device: torch.device) -> Tensor:
     """(b, n) bool validity of positions. Lengths on a GPU are checked on the GPU (an asynchronous assert), so
-    that a call never waits for the device."""
+    that a call never waits for the device; host lengths are checked on the host."""
     if seq_lens is None:
         return torch.ones(b, n, dtype=torch.bool, device=device)
-    if isinstance(seq_lens, Tensor):
-        lens = seq_lens.to(device=device, dtype=torch.long)
-        in_range = ((lens >= 0) & (lens <= n)).all()
-        if lens.shape == (b,) and seq_lens.device.type != "cpu":  # host lengths are checked on the host
-            torch._assert_async(in_range, f"seq_lens must hold lengths in [0, {n}]")
-            return torch.arange(n, device=device)[None, :] < lens[:, None]
-        ok = lens.shape == (b,) and bool(in_range)
-    else:
-        lens = torch.as_tensor(seq_lens, dtype=torch.long, device=device)
-        ok = len(seq_lens) == b and all(0 <= int(x) <= n for x in seq_lens)
-    if not ok:
+    lens = torch.as_tensor(seq_lens, dtype=torch.long)  # a device tensor stays where it is
+    if lens.device.type != "cpu" and lens.shape == (b,):
+        torch._assert_async(((lens >= 0) & (lens <= n)).all(), f"seq_lens must hold lengths in [0, {n}]")
+    elif lens.shape != (b,) or not all(0 <= x <= n for x in lens.tolist()):
         raise ValueError(f"seq_lens must hold {b} lengths in [0, {n}], got {lens.tolist()}")
-    return torch.arange(n, device=device)[None, :] < lens[:, None]
+    return torch.arange(n, device=device)[None, :] < lens.to(device)[:, None]
 
 
 def _triton_path(q: Tensor) -> bool:

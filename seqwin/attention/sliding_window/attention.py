@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from seqwin.attention.reference import Window, check_window, sliding_window_attention_reference
+from seqwin.attention.reference import Window, check_window, sliding_window_attention_reference, window_covers
 
 BACKENDS = ("auto", "cpu", "blocked", "triton", "reference")
 
@@ -128,16 +128,11 @@ def sliding_window_attention(
 
 def _sees_every_key(window: Window, nq: int, nk: int, q_lens: list[int], k_lens: list[int], num_sinks: int,
                     dilation: int) -> bool:
-    """Whether every query sees every key: no padding, no dilation, and a window that spans the whole row.
-
-    With bottom-right alignment query ``i`` sits at key position ``i + nk - nq``; the last one must reach back to
-    the first key that is not a sink (``left >= nk - 1 - sinks``), the first one forward to the last key
-    (``right >= nq - 1``). A decoding step against a ring-buffer cache (one query, its window's keys) is the
-    everyday case."""
-    left, right = window
+    """Whether every query sees every key: no padding, no dilation, and a window that covers the whole row. A
+    decoding step against a ring-buffer cache (one query, its window's keys) is the everyday case."""
     if nq == 0 or nk == 0 or dilation != 1 or any(n != nq for n in q_lens) or any(n != nk for n in k_lens):
         return False
-    return (left < 0 or left >= nk - 1 - min(num_sinks, nk)) and (right < 0 or right >= nq - 1)
+    return window_covers(window, nq, nk, num_sinks)
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor:

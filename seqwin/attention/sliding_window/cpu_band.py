@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from seqwin.attention.lse import additive, merge
-from seqwin.attention.reference import Window, window_mask
+from seqwin.attention.reference import Window, window_covers, window_mask
 from seqwin.attention.sliding_window.band_plan import BandPlan, make_plan
 from seqwin.attention.sliding_window.cpu_rows import DenseRows, MaskedRows, rows_mask
 
@@ -256,14 +256,14 @@ def cpu_band_attention(
         return out.to(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     num_sinks = min(num_sinks, k.shape[1])  # more sinks than keys (a short prompt): every key is a sink
-    plan = make_plan(q.shape[0], q.shape[1], k.shape[1], window, num_sinks=num_sinks, dilation=dilation, chunk=chunk)
-    if num_sinks == 0 and dilation == 1 and plan.left >= plan.offset + plan.q_len - 1:
-        if plan.right >= plan.k_len - 1 - plan.offset:
-            return DenseRows.apply(q, k, v, q_lens, k_lens, False, scale)
-        if window[1] == 0 and plan.offset == 0 and q_lens == k_lens:
-            return DenseRows.apply(q, k, v, q_lens, k_lens, True, scale)
     b, nq, _, _ = q.shape
     nk = k.shape[1]
+    plan = make_plan(b, nq, nk, window, num_sinks=num_sinks, dilation=dilation, chunk=chunk)
+    if num_sinks == 0 and dilation == 1 and window_covers((window[0], -1), nq, nk):  # every query reaches back
+        if window_covers(window, nq, nk):
+            return DenseRows.apply(q, k, v, q_lens, k_lens, False, scale)
+        if window[1] == 0 and nq == nk and q_lens == k_lens:
+            return DenseRows.apply(q, k, v, q_lens, k_lens, True, scale)
     if nk < _MASKED_ROWS_SPANS * plan.span and b * nq * nk <= _EDGE_MASK_BUDGET:
         mask = rows_mask(nq, nk, window, q_lens, k_lens, num_sinks=num_sinks, dilation=dilation, device=q.device)
         return MaskedRows.apply(q, k, v, mask, scale)
