@@ -3,6 +3,7 @@ ratio to the ring cache (the timings are the tool's)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def test_table_gives_ratios_to_the_ring():
             {"method": "full_cache_window", "context": 100, "batch": 1, "skipped": "over 300 s"}]
     line = bench_decode._table(info, rows).splitlines()[-1]
     assert line == "| 100 | 1 | 400, 1 MiB | 100 (4.00x), 9 MiB | over 300 s |"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--contexts", "0"], "must be positive"),
+    (["--device", "cuda"], "no CUDA device here"),
+])
+def test_bad_arguments_are_one_line_errors(args, message):
+    if "cuda" in args:
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is here")
+    proc = subprocess.run([sys.executable, str(Path(bench_decode.__file__)), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

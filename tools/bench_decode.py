@@ -172,8 +172,14 @@ def main() -> None:
         return
     if args.quick:
         args.contexts, args.batches, args.heads, args.dim, args.window, args.steps = [512, 2048], [1, 4], 4, 64, 128, 20
+    sizes = [*args.contexts, *args.batches, args.heads, args.dim, args.window, args.steps]
+    if min(sizes) < 1:
+        p.error("--contexts, --batches, --heads, --dim, --window and --steps must be positive")
 
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
 
     started = time.perf_counter()
     dtype = "bfloat16" if args.device == "cuda" else "float32"

@@ -11,7 +11,8 @@
 # The GPU image has torch and Triton but not seqwin or fairseq2; seqwin's attention core needs neither installed:
 # a folder of links puts the repo's seqwin/ and kernels/ (as seqwin.kernels) on PYTHONPATH without pip.
 set -u
-out="$(mkdir -p "${1:?usage: gpu_session.sh OUT}" && cd "$1" && pwd)"
+[[ $# -eq 1 ]] || { echo "usage: gpu_session.sh OUT" >&2; exit 2; }
+out="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 1
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 py="$(command -v python || command -v python3)"
 # Everything runs from the overlay's folder, so neither a script's folder nor the working directory puts the

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,6 +211,10 @@ def main() -> None:
     import torch
     import triton
 
+    if not args.interpret and not torch.cuda.is_available():
+        p.error("no CUDA device here: run on a GPU, or with TRITON_INTERPRET=1 and --interpret for the plumbing")
+    if args.interpret and os.environ.get("TRITON_INTERPRET") != "1":
+        p.error("--interpret needs TRITON_INTERPRET=1 in the environment (set before Triton is imported)")
     device, dtype = ("cpu", torch.float32) if args.interpret else ("cuda", torch.bfloat16)
     batch, n, heads = (1, 48, 2) if args.interpret else (4, 16384, 16)
     dims = [16] if args.interpret else ([128] if args.quick else args.dims)
