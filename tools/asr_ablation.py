@@ -4,7 +4,8 @@ Every variant fine-tunes the demo's CTC recipe (recipes/wav2vec2/asr/mini.yaml, 
 scored greedy on the mini test split, its pitch/tempo-shifted copies and a synthetic voice held out of training:
 
     scratch          CTC from random init
-    ssl_en           CTC from SSL on the mini corpus (the demo's pipeline)
+    ssl_en           CTC from wav2vec 2.0's contrastive SSL on the mini corpus
+    ssl_units        CTC from masked unit prediction (SSL loss.kind units, HuBERT's first iteration) on the mini corpus
     ssl_multi        CTC from SSL on the mini corpus + the Asterisk prompts in es/fr/it/ru (unlabeled)
     ssl_en_aug       ssl_en with mel-axis warping (freq_warp 0.1) and white noise (p 0.5, SNR 10-30 dB) in CTC
     ssl_en_voices    ssl_en with CTC on the mini corpus + the festival/flite voices' training split
@@ -63,16 +64,19 @@ class Variant:
 
 
 # SSL run -> (corpus, extra --set overrides of the SSL recipe)
+CONTRASTIVE = ("loss.kind=contrastive",)
 SSL_RUNS = {
-    "en": ("mini", ()),
-    "multi": ("multi", ()),
-    "mix": ("voices", ("trainer.max_steps=2000", "trainer.warmup_steps=200")),
+    "en": ("mini", CONTRASTIVE),
+    "en_units": ("mini", ("loss.kind=units",)),
+    "multi": ("multi", CONTRASTIVE),
+    "mix": ("voices", (*CONTRASTIVE, "trainer.max_steps=2000", "trainer.warmup_steps=200")),
 }
 AUGMENT = ("model.config.frontend.freq_warp=0.1", "model.config.frontend.noise_p=0.5")
 LONG = ("trainer.max_steps=5000", "trainer.warmup_steps=150")
 VARIANTS = {
     "scratch": Variant(ssl=None),
     "ssl_en": Variant(ssl="en"),
+    "ssl_units": Variant(ssl="en_units"),
     "ssl_multi": Variant(ssl="multi"),
     "ssl_en_aug": Variant(ssl="en", sets=AUGMENT),
     "ssl_en_voices": Variant(ssl="en", ctc_data="voices"),

@@ -60,7 +60,7 @@ if run_stage 3; then
 fi
 
 # ---- wav2vec 2.0 with windowed attention (stages 4-8) -> exp/wav2vec2 ----------------------------------------
-# 4 seqwin train ssl (recipes/wav2vec2/ssl/mini.yaml): contrastive pretraining on the train split
+# 4 seqwin train ssl (recipes/wav2vec2/ssl/mini.yaml): masked unit prediction (HuBERT-style) on the train split
 # 5 seqwin train asr (recipes/wav2vec2/asr/mini.yaml): CTC on letters, encoder initialized from stage 4
 #   (stages 4/5 are skipped once their model.pt exists; an interrupted run resumes from its checkpoints)
 # 6 seqwin eval asr on the test split, as trained (sliding window) and with the attention swapped to dense

@@ -7,7 +7,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from seqwin.data.errors import DataError
 from seqwin.data.pipeline import AudioManifestDataset, AudioReaderConfig
@@ -122,6 +122,12 @@ def check_data_parallel(model_cfg: Any, data_parallel: str) -> None:
 
 @dataclass
 class SslLossConfig:
+    kind: Literal["contrastive", "units"] = "contrastive"
+    """``contrastive``: wav2vec 2.0's task (quantized targets, distractors, diversity loss). ``units``: HuBERT's
+    first iteration -- predict the k-means unit of each masked frame's MFCCs (log-mel frontend only;
+    :mod:`seqwin.models.wav2vec2.units`)."""
+    num_units: int = 100
+    """``units``: k-means clusters, fitted on the training split before the first step."""
     diversity_weight: float = 0.1
     features_penalty_weight: float | None = None
     """``None``: 10 for the conv frontend (as in the paper), 0 for log-mel (its features are not learned)."""
@@ -129,6 +135,8 @@ class SslLossConfig:
     def validate(self) -> None:
         if self.diversity_weight < 0 or (self.features_penalty_weight or 0) < 0:
             raise ValueError("loss weights must be >= 0")
+        if not 2 <= self.num_units <= 4096:  # the k-means distance matrix is (frames x units)
+            raise ValueError(f"num_units must be in [2, 4096] (HuBERT uses 100 and 500), got {self.num_units}")
 
 
 @dataclass

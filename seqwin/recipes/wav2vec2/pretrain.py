@@ -1,5 +1,7 @@
-"""wav2vec 2.0 self-supervised pretraining: masked contrastive prediction of quantized features + codebook
-diversity (+ feature penalty for the conv frontend), on any manifest, with the encoder attention from the config.
+"""wav2vec 2.0 self-supervised pretraining, on any manifest, with the encoder attention from the config:
+``loss.kind: contrastive`` (the paper's masked contrastive prediction of quantized features + codebook diversity,
++ feature penalty for the conv frontend) or ``units`` (masked prediction of k-means units of MFCCs, HuBERT's first
+iteration; :mod:`seqwin.models.wav2vec2.units`).
 
 ``seqwin train ssl --config recipes/wav2vec2/ssl/<name>.yaml [--set key=value ...] OUT``. Outputs in ``OUT``:
 ``config.yaml``, ``model.yaml``, ``checkpoints/step_*.pt``, ``metrics.jsonl``, ``tb/``, and ``model.pt`` (the
@@ -21,10 +23,12 @@ from seqwin.data.pipeline import AudioBatch
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_model
+from seqwin.models.wav2vec2.units import UnitPredictionModel, fit_kmeans, mfcc_of_logmel
 from seqwin.recipes.wav2vec2.config import SslRecipeConfig, check_data_parallel, check_routing_fits
 from seqwin.recipes.wav2vec2.data import batch_stream
 from seqwin.recipes.wav2vec2.train import audio_seconds, check_batches, model_device, start_run
-from seqwin.training import StepContext, Trainer, to_yaml
+from seqwin.training import CheckpointManager, StepContext, Trainer, to_yaml
+from seqwin.training.config import ConfigError
 
 log = logging.getLogger("seqwin.wav2vec2.ssl")
 
@@ -53,46 +57,114 @@ def _forward(model: nn.Module, batch: AudioBatch, diversity: float, penalty: flo
     return loss.aggregate / n, values, n
 
 
+KMEANS_MAX_FRAMES = 200_000
+"""Frames the unit k-means is fitted on: the training split's first shuffled batches up to this many (an hour or
+two of audio: enough for 100-500 clusters, and a large corpus is not read whole before the first step)."""
+
+
+def _forward_units(model: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, int]:
+    batch = batch.to(model_device(model))
+    out = model(batch.waveforms, batch.layout())
+    n = max(1, out.num_targets)
+    return out.loss / n, {"units_ce": out.loss.item() / n, "accuracy": out.correct.item() / n}, n
+
+
+def fit_units(model: nn.Module, train, cfg: SslRecipeConfig, num_mel_bins: int) -> Tensor:
+    """k-means centroids of the training split's MFCC frames (``loss.kind: units``). Every rank fits the same
+    ones: the batches and the k-means seed are the same everywhere."""
+    frontend = model.encoder_frontend.eval()  # no training-time augmentation in the features the units come from
+    chunks, total = [], 0
+    with torch.no_grad():
+        for batch in batch_stream(train, 0, 0, budget=cfg.data.max_num_frames):
+            _, layout, raw = frontend.extract_features(batch.waveforms, batch.layout())
+            mfcc = mfcc_of_logmel(raw, num_mel_bins)
+            lens = layout.seq_lens if layout.padded else [mfcc.shape[1]] * len(mfcc)
+            chunks += [row[:int(n)] for row, n in zip(mfcc, lens, strict=True)]
+            total += sum(int(n) for n in lens)
+            if total >= KMEANS_MAX_FRAMES:
+                break
+    frontend.train()
+    points = torch.cat(chunks)[:KMEANS_MAX_FRAMES] if chunks else torch.zeros(0)
+    if len(points) < cfg.loss.num_units:
+        raise ConfigError(f"loss.num_units ({cfg.loss.num_units}) exceeds the {len(points)} frames of the training "
+                          "split")
+    centroids = fit_kmeans(points, cfg.loss.num_units, seed=cfg.trainer.seed)
+    log.info("units: %d k-means clusters of %d MFCC frames of the training split", len(centroids), len(points))
+    return centroids
+
+
+def _saved_centroids(out_dir: Path, cfg: SslRecipeConfig) -> Tensor | None:
+    """Resuming: the units the checkpoint was trained with (``None`` for a new run), after checking that it was
+    trained with the same ``loss.kind`` and ``loss.num_units`` (its weights would not fit otherwise)."""
+    found = CheckpointManager(out_dir / "checkpoints").load_latest()
+    if found is None:
+        return None
+    centroids = found[1]["model"].get("centroids")
+    if (centroids is not None) != (cfg.loss.kind == "units"):
+        saved_kind = "units" if centroids is not None else "contrastive"
+        raise ConfigError(f"loss.kind: {out_dir} holds checkpoints of a loss.kind {saved_kind} run; resume with "
+                          "it or use a new output directory")
+    if centroids is not None and len(centroids) != cfg.loss.num_units:
+        raise ConfigError(f"loss.num_units: {out_dir} holds checkpoints trained with {len(centroids)} units; resume "
+                          "with them or use a new output directory")
+    return centroids
+
+
 def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     model_cfg = cfg.model.build(ssl_presets(), SeqwinWav2Vec2Config)
     check_routing_fits(model_cfg, cfg.data)
     check_data_parallel(model_cfg, cfg.trainer.data_parallel)
+    units = cfg.loss.kind == "units"
+    if units and model_cfg.frontend.kind != "logmel":
+        raise ConfigError("loss.kind units clusters the log-mel frontend's features: set model.config.frontend.kind "
+                          "logmel, or use loss.kind contrastive")
     enc = model_cfg.model.encoder_config
+    saved = _saved_centroids(out_dir, cfg)  # before start_run: a refused resume leaves the run's files as they were
     start_run(out_dir, to_yaml(cfg), wav2vec2_checkpoint.model_yaml(model_cfg))
     torch.manual_seed(cfg.trainer.seed)
-    model = create_seqwin_wav2vec2_model(model_cfg)
-    log.info("wav2vec2 SSL: %.2fM parameters, %d layers x %d dim, %s frontend, attention %s",
-             sum(p.numel() for p in model.parameters()) / 1e6, enc.num_encoder_layers, enc.model_dim,
+    wav2vec2 = create_seqwin_wav2vec2_model(model_cfg)
+    log.info("wav2vec2 SSL (%s): %.2fM parameters, %d layers x %d dim, %s frontend, attention %s", cfg.loss.kind,
+             sum(p.numel() for p in wav2vec2.parameters()) / 1e6, enc.num_encoder_layers, enc.model_dim,
              model_cfg.frontend.kind, model_cfg.attention.describe(enc.num_encoder_layers,
                                                                     enc.num_encoder_attn_heads))
     train = cfg.data.dataset(cfg.data.train_split, None)
     valid = cfg.data.dataset(cfg.data.valid_split, None, shuffle=False) if cfg.data.valid_split else None
+    model: nn.Module = wav2vec2
+    if units:
+        num_mel_bins = model_cfg.frontend.num_mel_bins
+        centroids = saved if saved is not None else fit_units(wav2vec2, train, cfg, num_mel_bins)
+        model = UnitPredictionModel(wav2vec2, enc.model_dim, num_mel_bins, centroids)
     diversity, penalty = cfg.loss.diversity_weight, _penalty_weight(cfg, model_cfg)
     current_step = [0]
 
     def before_step(ctx: StepContext) -> None:
         current_step[0] = ctx.step
 
+    def forward(m: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, int]:
+        return _forward_units(m, batch) if units else _forward(m, batch, diversity, penalty)
+
     def step_fn(m: nn.Module, batch: AudioBatch) -> tuple[Tensor, dict, float]:
-        # The Gumbel temperature follows optimizer steps (as fairseq's set_num_updates), not forward passes:
-        # every micro-batch of a step (update_freq > 1) gets the same temperature, as every rank's does.
-        model.quantizer.num_updates.fill_(current_step[0])
-        loss, values, _ = _forward(m, batch, diversity, penalty)
+        if not units:
+            # The Gumbel temperature follows optimizer steps (as fairseq's set_num_updates), not forward passes:
+            # every micro-batch of a step (update_freq > 1) gets the same temperature, as every rank's does.
+            wav2vec2.quantizer.num_updates.fill_(current_step[0])
+        loss, values, _ = forward(m, batch)
         aux = collect_aux_losses(m)
         if aux is not None:  # routing commitment losses
             loss = loss + aux
         return loss, values, audio_seconds(batch)
 
     def valid_fn(m: nn.Module) -> dict[str, float]:
-        totals, count = {"loss": 0.0, "contrastive": 0.0, "accuracy": 0.0}, 0
+        names = ("loss", "units_ce", "accuracy") if units else ("loss", "contrastive", "accuracy")
+        totals, count = dict.fromkeys(names, 0.0), 0
         # Fixed masks and distractors: validation numbers comparable across steps and runs.
         with torch.random.fork_rng():
             torch.manual_seed(1234)
             for batch in batch_stream(valid, 0, 0, budget=cfg.data.max_num_frames):
-                loss, values, n = _forward(m, batch, diversity, penalty)
+                loss, values, n = forward(m, batch)
                 totals["loss"] += loss.item() * n
-                totals["contrastive"] += values["contrastive"] * n
-                totals["accuracy"] += values["accuracy"] * n
+                for name in names[1:]:
+                    totals[name] += values[name] * n
                 count += n
         return {k: v / max(1, count) for k, v in totals.items()}
 
@@ -104,7 +176,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     check_batches(train, cfg.data, trainer.world_size)
     result = trainer.fit()
     if trainer.rank == 0:
-        wav2vec2_checkpoint.save(out_dir / "model.pt", trainer.model, model_cfg)
+        final = trainer.model.wav2vec2 if units else trainer.model
+        wav2vec2_checkpoint.save(out_dir / "model.pt", final, model_cfg)
         log.info("final model: %s", out_dir / "model.pt")
     return result
-

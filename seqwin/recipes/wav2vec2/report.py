@@ -27,7 +27,8 @@ def plot_curves(ssl_dir: Path | None, asr_dir: Path | None, png: Path) -> None:
     if ssl_dir is not None:
         train = read_metrics(ssl_dir, "train")
         axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-        axes[0].plot([r["step"] for r in train], [r["contrastive"] for r in train], label="train contrastive")
+        task = _ssl_task(train)
+        axes[0].plot([r["step"] for r in train], [r[task] for r in train], label=f"train {task}")
         valid = read_metrics(ssl_dir, "valid")
         axes[0].plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="dev loss")
     axes[0].set(title="wav2vec 2.0 SSL", xlabel="step", ylabel="loss per masked frame")
@@ -50,6 +51,11 @@ def plot_curves(ssl_dir: Path | None, asr_dir: Path | None, png: Path) -> None:
     plt.close(fig)
 
 
+def _ssl_task(rows: list[dict]) -> str:
+    """The SSL run's task loss: ``contrastive`` (wav2vec 2.0) or ``units_ce`` (masked unit prediction)."""
+    return "units_ce" if rows and "units_ce" in rows[0] else "contrastive"
+
+
 def _first_last(rows: list[dict], key: str) -> tuple[float, float] | None:
     values = [r[key] for r in rows if key in r]
     return (values[0], values[-1]) if values else None
@@ -59,13 +65,15 @@ def table(ssl_dir: Path | None, asr_dir: Path | None, evals: list[Path], timings
     lines = []
     if ssl_dir is not None:
         train = read_metrics(ssl_dir, "train")
-        if fl := _first_last(train, "contrastive"):
+        task = _ssl_task(train)
+        if fl := _first_last(train, task):
             loss = _first_last(train, "loss")
             lines.append(f"SSL  steps {train[-1]['step']}: train loss {loss[0]:.3f} -> {loss[1]:.3f} "
-                         f"(contrastive {fl[0]:.3f} -> {fl[1]:.3f}, accuracy {train[0]['accuracy']:.3f} -> "
+                         f"({task} {fl[0]:.3f} -> {fl[1]:.3f}, masked-frame accuracy {train[0]['accuracy']:.3f} -> "
                          f"{train[-1]['accuracy']:.3f})")
-        if fl := _first_last(read_metrics(ssl_dir, "valid"), "loss"):
-            lines.append(f"SSL  dev loss {fl[0]:.3f} -> {fl[1]:.3f}")
+        valid = read_metrics(ssl_dir, "valid")
+        if fl := _first_last(valid, "loss"):
+            lines.append(f"SSL  dev loss {fl[0]:.3f} -> {fl[1]:.3f}, masked-frame accuracy {valid[-1]['accuracy']:.3f}")
     if asr_dir is not None:
         train = read_metrics(asr_dir, "train")
         if fl := _first_last(train, "loss"):
