@@ -8,6 +8,7 @@ import torch
 from fairseq2.nn import BatchLayout
 from test_wav2vec2_recipes import MICRO, SSL_MICRO, _recipe, _run, corpus  # noqa: F401 (corpus: fixture)
 
+from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_model
 from seqwin.models.wav2vec2.units import NUM_CEPS, UnitPredictionModel, fit_kmeans, mfcc_of_logmel
@@ -123,6 +124,13 @@ def test_units_recipe_trains_resumes_and_fine_tunes(corpus, tmp_path, capsys):  
         assert _run(argv + [a for s in sets for a in ("--set", s)] + [out]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and field in err and "Traceback" not in err
+
+    # a step checkpoint loads as the model it holds (e.g. to fine-tune from a run that was stopped)
+    exported = wav2vec2_checkpoint.load(out / "model.pt")
+    step = wav2vec2_checkpoint.load(out / "checkpoints" / "step_6.pt")
+    assert step.model.state_dict().keys() == exported.model.state_dict().keys()
+    for key, value in exported.model.state_dict().items():
+        torch.testing.assert_close(step.model.state_dict()[key], value, msg=key)
 
     asr_yaml = _recipe(tmp_path, "asr", MICRO, init={"ssl_checkpoint": str(out / "model.pt")})
     assert _run(["train", "asr", "--config", asr_yaml, "--set", data, tmp_path / "asr"]) == 0

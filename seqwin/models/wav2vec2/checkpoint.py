@@ -160,6 +160,14 @@ def _optional(key: str) -> bool:
     return ".feature_extractor.mel." in key
 
 
+def _wav2vec2_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights of a training checkpoint: a masked-unit SSL run holds them under ``wav2vec2.``, next to
+    its unit head and centroids (:mod:`seqwin.models.wav2vec2.units`)."""
+    if "centroids" not in state:
+        return state
+    return {k.removeprefix("wav2vec2."): v for k, v in state.items() if k.startswith("wav2vec2.")}
+
+
 def load(path: Path, *, heads: int | None = None) -> LoadedModel:
     if hf.is_hf_folder(path):
         return import_hf(path)
@@ -170,7 +178,7 @@ def load(path: Path, *, heads: int | None = None) -> LoadedModel:
     family = _FAMILY_OF_FORMAT[found.format]
     config = config_from(CONFIG_KLS[family], found.config, found.where)
     model = create_model(config)
-    load_weights(model, found.model, found.where, _optional)
+    load_weights(model, _wav2vec2_weights(found.model), found.where, _optional)
     return LoadedModel(family, config, model.eval(), "seqwin" if found.step is None else "seqwin-training",
                        found.extras)
 
