@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from seqwin.attention.fairseq2 import collect_aux_losses
@@ -23,11 +24,11 @@ from seqwin.data.pipeline import AudioBatch
 from seqwin.models.wav2vec2 import checkpoint as wav2vec2_checkpoint
 from seqwin.models.wav2vec2.config import SeqwinWav2Vec2Config, ssl_presets
 from seqwin.models.wav2vec2.factory import create_seqwin_wav2vec2_model
-from seqwin.models.wav2vec2.units import UnitPredictionModel, fit_kmeans, mfcc_of_logmel
+from seqwin.models.wav2vec2.units import NUM_CEPS, UnitPredictionModel, fit_kmeans, mfcc_of_logmel
 from seqwin.recipes.wav2vec2.config import SslRecipeConfig, check_data_parallel, check_routing_fits
 from seqwin.recipes.wav2vec2.data import batch_stream
 from seqwin.recipes.wav2vec2.train import audio_seconds, check_batches, model_device, start_run
-from seqwin.training import CheckpointManager, StepContext, Trainer, to_yaml
+from seqwin.training import StepContext, Trainer, to_yaml
 from seqwin.training.config import ConfigError
 
 log = logging.getLogger("seqwin.wav2vec2.ssl")
@@ -93,21 +94,26 @@ def fit_units(model: nn.Module, train, cfg: SslRecipeConfig, num_mel_bins: int) 
     return centroids
 
 
-def _saved_centroids(out_dir: Path, cfg: SslRecipeConfig) -> Tensor | None:
-    """Resuming: the units the checkpoint was trained with (``None`` for a new run), after checking that it was
-    trained with the same ``loss.kind`` and ``loss.num_units`` (its weights would not fit otherwise)."""
-    found = CheckpointManager(out_dir / "checkpoints").load_latest()
-    if found is None:
-        return None
-    centroids = found[1]["model"].get("centroids")
-    if (centroids is not None) != (cfg.loss.kind == "units"):
-        saved_kind = "units" if centroids is not None else "contrastive"
-        raise ConfigError(f"loss.kind: {out_dir} holds checkpoints of a loss.kind {saved_kind} run; resume with "
-                          "it or use a new output directory")
-    if centroids is not None and len(centroids) != cfg.loss.num_units:
-        raise ConfigError(f"loss.num_units: {out_dir} holds checkpoints trained with {len(centroids)} units; resume "
-                          "with them or use a new output directory")
-    return centroids
+def _resuming(out_dir: Path, cfg: SslRecipeConfig) -> bool:
+    """Whether this run resumes from checkpoints, after checking that they were trained with the same
+    ``loss.kind`` and ``loss.num_units`` (another head would not fit their weights). The run's ``config.yaml`` says
+    how they were trained: read before ``start_run`` rewrites it, and without loading a checkpoint twice."""
+    if not any((out_dir / "checkpoints").glob("step_*.pt")):
+        return False
+    path, saved = out_dir / "config.yaml", {}
+    if path.is_file():
+        try:
+            saved = (yaml.safe_load(path.read_text()) or {}).get("loss") or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}); it says how the checkpoints were trained") from None
+    kind = saved.get("kind", "contrastive")  # runs from before loss.kind existed were contrastive
+    if kind != cfg.loss.kind:
+        raise ConfigError(f"loss.kind: {out_dir} holds checkpoints of a loss.kind {kind} run; resume with it or use "
+                          "a new output directory")
+    if kind == "units" and saved.get("num_units") != cfg.loss.num_units:
+        raise ConfigError(f"loss.num_units: {out_dir} holds checkpoints trained with {saved.get('num_units')} units; "
+                          "resume with them or use a new output directory")
+    return True
 
 
 def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
@@ -119,7 +125,7 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
         raise ConfigError("loss.kind units clusters the log-mel frontend's features: set model.config.frontend.kind "
                           "logmel, or use loss.kind contrastive")
     enc = model_cfg.model.encoder_config
-    saved = _saved_centroids(out_dir, cfg)  # before start_run: a refused resume leaves the run's files as they were
+    resuming = _resuming(out_dir, cfg)  # before start_run: a refused resume leaves the run's files as they were
     start_run(out_dir, to_yaml(cfg), wav2vec2_checkpoint.model_yaml(model_cfg))
     torch.manual_seed(cfg.trainer.seed)
     wav2vec2 = create_seqwin_wav2vec2_model(model_cfg)
@@ -132,7 +138,10 @@ def run(cfg: SslRecipeConfig, out_dir: Path) -> dict[str, float]:
     model: nn.Module = wav2vec2
     if units:
         num_mel_bins = model_cfg.frontend.num_mel_bins
-        centroids = saved if saved is not None else fit_units(wav2vec2, train, cfg, num_mel_bins)
+        if resuming:  # placeholders: the checkpoint's units come back with its weights
+            centroids = torch.zeros(cfg.loss.num_units, model_cfg.frontend.stack * NUM_CEPS)
+        else:
+            centroids = fit_units(wav2vec2, train, cfg, num_mel_bins)
         model = UnitPredictionModel(wav2vec2, enc.model_dim, num_mel_bins, centroids)
     diversity, penalty = cfg.loss.diversity_weight, _penalty_weight(cfg, model_cfg)
     current_step = [0]
