@@ -7,6 +7,7 @@ scored greedy on the mini test split, its pitch/tempo-shifted copies and a synth
     ssl_en           CTC from wav2vec 2.0's contrastive SSL on the mini corpus
     ssl_units        CTC from masked unit prediction (SSL loss.kind units, HuBERT's first iteration) on the mini corpus
     ssl_multi        CTC from SSL on the mini corpus + the Asterisk prompts in es/fr/it/ru (unlabeled)
+    ssl_units_multi  ssl_units with the SSL run (same steps) on the mini corpus + the prompts in es/fr/it/ru
     ssl_en_aug       ssl_en with mel-axis warping (freq_warp 0.1) and white noise (p 0.5, SNR 10-30 dB) in CTC
     ssl_en_voices    ssl_en with CTC on the mini corpus + the festival/flite voices' training split
     ssl_mix          CTC (as scratch) from a longer SSL run (2000 steps) on the mini corpus + the voices' audio
@@ -69,6 +70,7 @@ SSL_RUNS = {
     "en": ("mini", CONTRASTIVE),
     "en_units": ("mini", ("loss.kind=units",)),
     "multi": ("multi", CONTRASTIVE),
+    "multi_units": ("multi", ("loss.kind=units",)),
     "mix": ("voices", (*CONTRASTIVE, "trainer.max_steps=2000", "trainer.warmup_steps=200")),
 }
 AUGMENT = ("model.config.frontend.freq_warp=0.1", "model.config.frontend.noise_p=0.5")
@@ -78,6 +80,7 @@ VARIANTS = {
     "ssl_en": Variant(ssl="en"),
     "ssl_units": Variant(ssl="en_units"),
     "ssl_multi": Variant(ssl="multi"),
+    "ssl_units_multi": Variant(ssl="multi_units"),
     "ssl_en_aug": Variant(ssl="en", sets=AUGMENT),
     "ssl_en_voices": Variant(ssl="en", ctc_data="voices"),
     "ssl_mix": Variant(ssl="mix"),
