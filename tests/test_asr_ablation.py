@@ -128,3 +128,19 @@ def test_labeled_subset_takes_whole_utterances_until_the_minutes_and_keeps_dev_a
     assert (folder / "dev.tsv").read_text() == (mini / "dev.tsv").read_text()
     again = asr_ablation.labeled_subset(tmp_path / "out", mini, minutes=1.2, seed=0)
     assert again == folder and (folder / "train.wrd").read_text().splitlines() == words
+
+
+def test_units_mix_variants_weight_the_mini_voice_and_split_the_augmentation(tmp_path, fake_runs, monkeypatch):
+    merges: list[tuple[str, dict]] = []
+    monkeypatch.setattr(asr_ablation, "merged",
+                        lambda out, name, splits: merges.append((name, splits)) or out / "data" / name)
+    asr_ablation.sweep(_args(tmp_path, ["ssl_units_mix8_warp_5k", "ssl_units_mix8_noise_5k"], [0]))
+    assert [name for name, _ in merges] == ["ctc_voices", "ctc_voices_up8"]
+    assert merges[1][1]["train"][0] == f"{tmp_path / 'data/mini/manifests/train.tsv'}:8"
+    runs = {Path(c[-1]).relative_to(tmp_path / "out/runs").as_posix(): c for c in fake_runs if c[0] == "train"}
+    ssl = runs["ssl/mix_units/seed0"]  # one SSL run serves both
+    assert "loss.kind=units" in ssl and _value(ssl, "trainer.max_steps") == "2000"
+    warp, noise = runs["ctc/ssl_units_mix8_warp_5k/seed0"], runs["ctc/ssl_units_mix8_noise_5k/seed0"]
+    assert "model.config.frontend.freq_warp=0.1" in warp and not any("noise_p" in kv for kv in warp)
+    assert "model.config.frontend.noise_p=0.5" in noise and not any("freq_warp" in kv for kv in noise)
+    assert _value(warp, "init.ssl_checkpoint").endswith("ssl/mix_units/seed0/model.pt")

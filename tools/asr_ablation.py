@@ -13,6 +13,11 @@ scored greedy on the mini test split, its pitch/tempo-shifted copies and a synth
     ssl_mix          CTC (as scratch) from a longer SSL run (2000 steps) on the mini corpus + the voices' audio
     mix_aug_5k       CTC from scratch on the mini corpus (3x) + the voices, augmented, 5000 steps
     ssl_mix_aug_5k   mix_aug_5k from the ssl_mix SSL model
+    ssl_units_mix_aug_5k   mix_aug_5k from units SSL (2000 steps) on the mini corpus + the voices' audio
+    ssl_units_mix8_aug_5k  ssl_units_mix_aug_5k with the mini split listed 8 times instead of 3
+    ssl_units_mix8_5k      ssl_units_mix8_aug_5k without the augmentation
+    ssl_units_mix8_warp_5k   ssl_units_mix8_5k with mel-axis warping only
+    ssl_units_mix8_noise_5k  ssl_units_mix8_5k with white noise only
     scratch_10min    scratch with 10 minutes of the mini train split labeled (wav2vec 2.0's low-resource setting)
     ssl_mix_10min    ssl_mix with the same 10 labeled minutes
     ssl_mix_10min_frozen   ssl_mix_10min with the encoder frozen for the first 1000 steps (only the CTC head learns)
@@ -60,7 +65,7 @@ SHIFTS = ("pitch-3", "pitch+3", "tempo0.9", "tempo1.1")
 @dataclass(frozen=True)
 class Variant:
     ssl: str | None  # SSL run (a key of SSL_RUNS) or None for random init
-    ctc_data: str = "mini"  # CTC training corpus ("mini", "voices", "voices_up3")
+    ctc_data: str = "mini"  # CTC training corpus ("mini", "voices", "voices_up3", "voices_up8")
     sets: tuple[str, ...] = ()  # extra --set overrides of the CTC recipe
 
 
@@ -72,6 +77,7 @@ SSL_RUNS = {
     "multi": ("multi", CONTRASTIVE),
     "multi_units": ("multi", ("loss.kind=units",)),
     "mix": ("voices", (*CONTRASTIVE, "trainer.max_steps=2000", "trainer.warmup_steps=200")),
+    "mix_units": ("voices", ("loss.kind=units", "trainer.max_steps=2000", "trainer.warmup_steps=200")),
 }
 AUGMENT = ("model.config.frontend.freq_warp=0.1", "model.config.frontend.noise_p=0.5")
 LONG = ("trainer.max_steps=5000", "trainer.warmup_steps=150")
@@ -86,6 +92,11 @@ VARIANTS = {
     "ssl_mix": Variant(ssl="mix"),
     "mix_aug_5k": Variant(ssl=None, ctc_data="voices_up3", sets=AUGMENT + LONG),
     "ssl_mix_aug_5k": Variant(ssl="mix", ctc_data="voices_up3", sets=AUGMENT + LONG),
+    "ssl_units_mix_aug_5k": Variant(ssl="mix_units", ctc_data="voices_up3", sets=AUGMENT + LONG),
+    "ssl_units_mix8_aug_5k": Variant(ssl="mix_units", ctc_data="voices_up8", sets=AUGMENT + LONG),
+    "ssl_units_mix8_5k": Variant(ssl="mix_units", ctc_data="voices_up8", sets=LONG),
+    "ssl_units_mix8_warp_5k": Variant(ssl="mix_units", ctc_data="voices_up8", sets=AUGMENT[:1] + LONG),
+    "ssl_units_mix8_noise_5k": Variant(ssl="mix_units", ctc_data="voices_up8", sets=AUGMENT[1:] + LONG),
     "scratch_10min": Variant(ssl=None, ctc_data="mini_10min"),
     "ssl_mix_10min": Variant(ssl="mix", ctc_data="mini_10min"),
     "ssl_mix_10min_frozen": Variant(ssl="mix", ctc_data="mini_10min", sets=("finetune.freeze_encoder_steps=1000",)),
@@ -134,13 +145,16 @@ def corpora(data: Path, out: Path) -> tuple[dict[str, Callable[[], Path]], dict[
     def with_voices() -> Path:  # labeled: CTC reads it, and pretraining reads its .tsv
         return merged(out, "ctc_voices", {"train": [mini / "train.tsv", voices], "dev": dev})
 
+    def mini_times(k: int) -> Callable[[], Path]:  # the voices + the mini split listed k times, for its weight
+        return lambda: merged(out, f"ctc_voices_up{k}", {"train": [f"{mini / 'train.tsv'}:{k}", voices], "dev": dev})
+
     ssl = {"mini": lambda: mini,
            "multi": lambda: merged(out, "ssl_multi", {"train": [mini / "train.tsv", multi], "dev": dev}),
            "voices": with_voices}
     ctc = {"mini": lambda: mini,
            "voices": with_voices,
-           "voices_up3": lambda: merged(out, "ctc_voices_up3", {"train": [f"{mini / 'train.tsv'}:3", voices],
-                                                                 "dev": dev}),
+           "voices_up3": mini_times(3),
+           "voices_up8": mini_times(8),
            "mini_10min": lambda: labeled_subset(out, mini, 10)}
     return ssl, ctc
 
