@@ -70,14 +70,15 @@ class Variant:
 
 
 # SSL run -> (corpus, extra --set overrides of the SSL recipe)
-CONTRASTIVE = ("loss.kind=contrastive",)
+CONTRASTIVE, UNITS = ("loss.kind=contrastive",), ("loss.kind=units",)
+SSL_LONG = ("trainer.max_steps=2000", "trainer.warmup_steps=200")
 SSL_RUNS = {
     "en": ("mini", CONTRASTIVE),
-    "en_units": ("mini", ("loss.kind=units",)),
+    "en_units": ("mini", UNITS),
     "multi": ("multi", CONTRASTIVE),
-    "multi_units": ("multi", ("loss.kind=units",)),
-    "mix": ("voices", (*CONTRASTIVE, "trainer.max_steps=2000", "trainer.warmup_steps=200")),
-    "mix_units": ("voices", ("loss.kind=units", "trainer.max_steps=2000", "trainer.warmup_steps=200")),
+    "multi_units": ("multi", UNITS),
+    "mix": ("voices", CONTRASTIVE + SSL_LONG),
+    "mix_units": ("voices", UNITS + SSL_LONG),
 }
 AUGMENT = ("model.config.frontend.freq_warp=0.1", "model.config.frontend.noise_p=0.5")
 LONG = ("trainer.max_steps=5000", "trainer.warmup_steps=150")
